@@ -1,0 +1,135 @@
+"""Settings: the one place that reads the environment.
+
+Every value comes from a ``TECHNIC_*`` environment variable (or the keyword
+arguments of :class:`Settings`, for tests). The object is frozen; build it once
+with :func:`load_settings` and pass it through constructors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from technic_stream.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "TECHNIC_"
+
+_TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+_REDIS_PREFIX_RE = re.compile(r"^[A-Za-z0-9._:-]{0,100}$")
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, one field per ``TECHNIC_<FIELD>`` variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    # External services. Unset means "start a local one" (``technic-stream up``
+    # and the test fixtures); set means "use this one and start nothing".
+    kafka_bootstrap: str | None = Field(
+        default=None, description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    redis_url: str | None = Field(default=None, description="redis:// URL")
+    mongo_url: str | None = Field(default=None, description="mongodb:// URL")
+
+    # Naming.
+    topic_prefix: str = Field(default="technic.", description="prefix of every Kafka topic")
+    redis_prefix: str = Field(default="technic:", description="prefix of every Redis key")
+    mongo_db: str = Field(default="technic", min_length=1, max_length=63)
+
+    # Topics created by ``up`` and the fixtures.
+    partitions: int = Field(default=8, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+
+    # Kafka client tuning.
+    kafka_client_id: str = "technic-stream"
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=100_000)
+    kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    kafka_fetch_max_records: int = Field(default=5_000, ge=1, le=1_000_000)
+    kafka_fetch_timeout_ms: int = Field(default=200, ge=0, le=60_000)
+    kafka_linger_ms: int = Field(default=5, ge=0, le=10_000)
+    kafka_max_batch_bytes: int = Field(default=1_048_576, ge=1_024)
+    kafka_acks: Literal["all", "1", "0"] = "all"
+    kafka_request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=256, description="larger messages go to the DLQ unread"
+    )
+
+    # Timeouts for the other clients.
+    redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    mongo_timeout_ms: int = Field(default=5_000, ge=100, le=300_000)
+
+    # Lifecycle.
+    shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
+
+    # Logging.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix_ok(cls, value: str) -> str:
+        if not _TOPIC_PREFIX_RE.match(value):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-' (at most 100)")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _redis_prefix_ok(cls, value: str) -> str:
+        if not _REDIS_PREFIX_RE.match(value):
+            raise ValueError("may hold only letters, digits, '.', '_', ':' and '-' (at most 100)")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_ok(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for part in value.split(","):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port], got {part.strip()!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_ok(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongo_url_ok(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("expected a mongodb:// or mongodb+srv:// URL")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and ``overrides``).
+
+    Raises :class:`ConfigError` naming each offending ``TECHNIC_*`` variable.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems), problems) from exc

@@ -1,0 +1,242 @@
+"""A batch consumer over aiokafka with commit-after-processing.
+
+The loop is: fetch a batch (``getmany``) → hand it to the handler, which
+returns only when the batch's outputs are durably written (producer acked,
+Redis written) → commit the next offset of every partition in the batch.
+A crash between processing and commit replays only that batch (at-least-once);
+outputs carry deterministic ids so downstream drops the duplicates.
+
+Rebalances run concurrently with processing in aiokafka, so the revoke hook
+waits for the batch in flight (and its commit) before it lets partitions go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from prometheus_client import Counter, Histogram
+
+from technic_stream.config import Settings
+from technic_stream.errors import KafkaTransportError
+
+__all__ = ["Batch", "BatchConsumer", "BatchHandler", "TopicPartition"]
+
+log = logging.getLogger(__name__)
+
+CONSUMED = Counter("technic_kafka_consumed", "Records consumed", ["topic"])
+COMMITS = Counter("technic_kafka_commits", "Offset commits", ["group", "outcome"])
+BATCH_SECONDS = Histogram(
+    "technic_kafka_batch_seconds",
+    "Time to process one fetched batch, commit included",
+    ["group"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+#: One fetched batch: records per partition, in offset order.
+Batch = dict[TopicPartition, list[Any]]
+
+
+class BatchHandler(Protocol):
+    """What a consumer process implements.
+
+    ``on_batch`` must return only after the batch's outputs are durable; the
+    consumer commits right after. ``on_revoked`` must flush and checkpoint what
+    the process holds for those partitions; ``on_assigned`` restores it.
+    """
+
+    async def on_batch(self, batch: Batch) -> None: ...
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None: ...
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None: ...
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: BatchConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._owner._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._owner._on_assigned(set(assigned))
+
+
+class BatchConsumer:
+    """A consumer-group member over ``topics`` that feeds batches to a handler."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Sequence[str],
+        group_id: str,
+        handler: BatchHandler,
+        *,
+        bootstrap: str | None = None,
+        auto_offset_reset: str = "earliest",
+    ) -> None:
+        if not topics:
+            raise ValueError("a consumer needs at least one topic")
+        self._settings = settings
+        self._bootstrap = bootstrap or settings.kafka_bootstrap
+        if not self._bootstrap:
+            raise KafkaTransportError("connect", "no bootstrap servers configured")
+        self.topics = tuple(topics)
+        self.group_id = group_id
+        self._handler = handler
+        self._auto_offset_reset = auto_offset_reset
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()  # one of: a batch in flight, or a rebalance hook
+        self._stopping = asyncio.Event()
+        self._state = _State.NEW
+        self.committed: dict[TopicPartition, int] = {}
+        self.records_processed = 0
+
+    async def __aenter__(self) -> BatchConsumer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"consumer cannot start from state {self._state.value}")
+        s = self._settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=s.kafka_client_id,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._auto_offset_reset,
+            session_timeout_ms=s.kafka_session_timeout_ms,
+            heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
+            rebalance_timeout_ms=s.kafka_session_timeout_ms,
+            max_poll_interval_ms=s.kafka_max_poll_interval_ms,
+            max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes + 4096),
+            request_timeout_ms=s.kafka_request_timeout_ms,
+        )
+        self._consumer.subscribe(list(self.topics), listener=_Listener(self))
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            await self._consumer.stop()
+            raise KafkaTransportError("consumer start", str(exc)) from exc
+        self._state = _State.RUNNING
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer else set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish its batch, commit and return. Safe from signal handlers."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Fetch, process and commit until :meth:`stop` is called."""
+        if self._state is not _State.RUNNING or self._consumer is None:
+            raise RuntimeError("consumer is not running")
+        consumer = self._consumer
+        s = self._settings
+        while not self._stopping.is_set():
+            fetch = asyncio.ensure_future(
+                consumer.getmany(
+                    timeout_ms=s.kafka_fetch_timeout_ms, max_records=s.kafka_fetch_max_records
+                )
+            )
+            stop_wait = asyncio.ensure_future(self._stopping.wait())
+            done, _ = await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if fetch not in done:
+                # Stop requested while waiting for data: nothing fetched is lost
+                # (uncommitted offsets are fetched again by whoever owns them next).
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+                break
+            batch: Batch = fetch.result()
+            if batch:
+                await self._process(batch)
+
+    async def _process(self, batch: Batch) -> None:
+        assert self._consumer is not None
+        started = time.perf_counter()
+        async with self._lock:
+            owned = self._consumer.assignment()
+            batch = {tp: recs for tp, recs in batch.items() if tp in owned and recs}
+            if not batch:
+                return
+            await self._handler.on_batch(batch)
+            offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            await self._commit(offsets)
+            for tp, recs in batch.items():
+                CONSUMED.labels(tp.topic).inc(len(recs))
+                self.records_processed += len(recs)
+        BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved on (we lost the partitions): the new owner replays
+            # from the last commit. Our outputs were idempotent, so nothing breaks.
+            COMMITS.labels(self.group_id, "rejected").inc()
+            log.warning("commit rejected after rebalance", extra={"error": str(exc)})
+            return
+        COMMITS.labels(self.group_id, "ok").inc()
+        self.committed.update(offsets)
+
+    async def _on_revoked(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in flight and its commit
+            log.info(
+                "partitions revoked",
+                extra={"group": self.group_id, "partitions": _fmt(partitions)},
+            )
+            await self._handler.on_revoked(partitions)
+
+    async def _on_assigned(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            log.info(
+                "partitions assigned",
+                extra={"group": self.group_id, "partitions": _fmt(partitions)},
+            )
+            await self._handler.on_assigned(partitions)
+
+    async def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Position a partition (for restoring a checkpoint in ``on_assigned``)."""
+        assert self._consumer is not None
+        self._consumer.seek(partition, offset)
+
+    async def aclose(self) -> None:
+        """Leave the group and close. Idempotent. Call after :meth:`run` returned."""
+        if self._state is _State.CLOSED:
+            return
+        was_running = self._state is _State.RUNNING
+        self._state = _State.CLOSED
+        self._stopping.set()
+        if self._consumer is not None:
+            if was_running:
+                async with self._lock:
+                    await self._handler.on_revoked(self.assignment())
+            await self._consumer.stop()
+            self._consumer = None
+
+
+def _fmt(partitions: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)

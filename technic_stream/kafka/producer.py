@@ -1,0 +1,153 @@
+"""A batching, acknowledged producer over aiokafka."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from technic_stream.config import Settings
+from technic_stream.errors import KafkaTransportError
+
+__all__ = ["Headers", "Producer"]
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Producer:
+    """Sends bytes to topics with batching (``linger``) and acks from settings.
+
+    :meth:`send` enqueues and returns a future that resolves when the broker has
+    acknowledged the record; :meth:`flush` waits for every record sent so far
+    and raises if any failed. Callers commit their input offsets only after
+    :meth:`flush` returns (commit-after-flush).
+    """
+
+    def __init__(self, settings: Settings, *, bootstrap: str | None = None) -> None:
+        self._settings = settings
+        self._bootstrap = bootstrap or settings.kafka_bootstrap
+        if not self._bootstrap:
+            raise KafkaTransportError("connect", "no bootstrap servers configured")
+        self._producer: AIOKafkaProducer | None = None
+        self._pending: list[asyncio.Future[object]] = []
+        self._state = _State.NEW
+
+    async def __aenter__(self) -> Producer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._state is not _State.NEW:
+            raise RuntimeError(f"producer cannot start from state {self._state.value}")
+        s = self._settings
+        acks: int | str = "all" if s.kafka_acks == "all" else int(s.kafka_acks)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=s.kafka_client_id,
+            acks=acks,
+            linger_ms=s.kafka_linger_ms,
+            max_batch_size=s.kafka_max_batch_bytes,
+            max_request_size=max(s.max_message_bytes + 4096, s.kafka_max_batch_bytes),
+            request_timeout_ms=s.kafka_request_timeout_ms,
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise KafkaTransportError("producer start", str(exc)) from exc
+        self._state = _State.OPEN
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[object]:
+        """Enqueue one record; waits only when the client's buffer is full."""
+        if self._state is not _State.OPEN or self._producer is None:
+            raise RuntimeError("producer is not open")
+        try:
+            fut = await self._producer.send(
+                topic,
+                value=value,
+                key=key,
+                headers=list(headers) if headers else None,
+                partition=partition,
+            )
+        except KafkaError as exc:
+            raise KafkaTransportError("send", str(exc), topic=topic) from exc
+        self._pending.append(fut)
+        return fut
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        fut = await self.send(topic, value, key=key, headers=headers)
+        try:
+            await fut
+        except KafkaError as exc:
+            raise KafkaTransportError("send", str(exc), topic=topic) from exc
+
+    async def flush(self) -> int:
+        """Wait until every record sent so far is acknowledged; return how many."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        if self._producer is not None:
+            await self._producer.flush()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise KafkaTransportError(
+                "flush", f"{len(failed)} of {len(pending)} records failed: {failed[0]!r}"
+            )
+        return len(pending)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if self._producer is None:
+            raise RuntimeError("producer is not open")
+        return set(await self._producer.partitions_for(topic))
+
+    async def aclose(self) -> None:
+        """Flush what is pending (best effort) and close. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._producer is None:
+            return
+        try:
+            await self._producer.flush()
+        except KafkaError:
+            log.warning("producer flush on close failed", exc_info=True)
+        finally:
+            await self._producer.stop()
+            self._producer = None
