@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
     mongo_timeout_ms: int = Field(default=5_000, ge=100, le=300_000)
 
+    # Operations side port (/healthz, /readyz, /metrics); 0 picks a free port.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = Field(default=9400, ge=0, le=65535)
+
     # Lifecycle.
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
 

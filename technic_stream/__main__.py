@@ -1,0 +1,3 @@
+from technic_stream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Composing processes: runtime, operations port, the embedded default stack."""

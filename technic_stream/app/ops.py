@@ -1,0 +1,93 @@
+"""The operations side port: ``/healthz``, ``/readyz`` and Prometheus ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["OpsServer", "ReadinessCheck"]
+
+log = logging.getLogger(__name__)
+
+#: A named async check: returns normally when ready, raises (any error) when not.
+ReadinessCheck = Callable[[], Awaitable[object]]
+
+
+class OpsServer:
+    """Liveness, readiness and metrics for one process on a small HTTP port."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        checks: dict[str, ReadinessCheck] | None = None,
+        check_timeout_s: float = 2.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self.checks: dict[str, ReadinessCheck] = dict(checks or {})
+        self._timeout = check_timeout_s
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def __aenter__(self) -> OpsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = int(server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _run_check(self, name: str, check: ReadinessCheck) -> tuple[str, str | None]:
+        try:
+            await asyncio.wait_for(check(), self._timeout)
+        except Exception as exc:
+            return name, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return name, None
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(self._run_check(n, c) for n, c in self.checks.items()))
+        failed = {name: err for name, err in results if err is not None}
+        body = {
+            "status": "ready" if not failed else "not ready",
+            "checks": {name: (err or "ok") for name, err in results},
+        }
+        return web.json_response(body, status=200 if not failed else 503)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def aclose(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -1,0 +1,125 @@
+"""``technic-stream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from technic_stream import __version__
+from technic_stream.config import Settings, load_settings
+from technic_stream.errors import ConfigError, TechnicStreamError
+
+__all__ = ["main"]
+
+_REPO_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="technic-stream",
+        description="Real-time stock market scanner on Kafka, numba, Redis and WebSockets.",
+    )
+    p.add_argument("--version", action="version", version=f"technic-stream {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the local servers and every service; Ctrl-C stops")
+    up.add_argument("--ops-port", type=int, help="port of /healthz /readyz /metrics")
+
+    schemas = sub.add_parser("schemas", help="the published wire contract")
+    ssub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("export", "write schemas/*.schema.json and schemas/asyncapi.yaml"),
+        ("check", "exit 1 if the files differ from the models"),
+    ):
+        sp = ssub.add_parser(name, help=text)
+        sp.add_argument("--dir", type=Path, default=_REPO_SCHEMAS)
+
+    topics = sub.add_parser("topics", help="Kafka topics of the configured broker")
+    tsub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tsub.add_parser("create", help="create the missing topics (TECHNIC_PARTITIONS each)")
+    tsub.add_parser("names", help="print the topic names for the configured prefix")
+
+    sub.add_parser("config", help="print the effective configuration (secrets redacted)")
+    return p
+
+
+def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from technic_stream.app.runtime import run
+    from technic_stream.app.up import run_up
+    from technic_stream.logs import configure_logging
+
+    if args.ops_port is not None:
+        settings = settings.model_copy(update={"ops_port": args.ops_port})
+    configure_logging(settings.log_level, settings.log_format)
+    return run(run_up(settings))
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from technic_stream.contract import stale_files, write_files
+
+    if args.action == "export":
+        for path in write_files(args.dir):
+            print(path)
+        return 0
+    stale = stale_files(args.dir)
+    if stale:
+        print(
+            f"schemas out of date in {args.dir}: {', '.join(stale)}\n"
+            "run: technic-stream schemas export",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"schemas in {args.dir} match the models")
+    return 0
+
+
+def _cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from technic_stream.topics import all_topic_names
+
+    if args.action == "names":
+        print("\n".join(all_topic_names(settings.topic_prefix)))
+        return 0
+    if not settings.kafka_bootstrap:
+        raise ConfigError("TECHNIC_KAFKA_BOOTSTRAP: required to create topics")
+    from technic_stream.kafka import ensure_topics
+
+    for name in asyncio.run(ensure_topics(settings)):
+        print(name)
+    return 0
+
+
+def _cmd_config(settings: Settings) -> int:
+    from urllib.parse import urlsplit
+
+    for field, value in settings.model_dump().items():
+        if isinstance(value, str) and "://" in value:
+            parts = urlsplit(value)
+            if parts.password:
+                value = value.replace(parts.password, "***")
+        print(f"TECHNIC_{field.upper()}={'' if value is None else value}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "schemas":
+            return _cmd_schemas(args)
+        settings = load_settings()
+        if args.command == "up":
+            return _cmd_up(settings, args)
+        if args.command == "topics":
+            return _cmd_topics(settings, args)
+        if args.command == "config":
+            return _cmd_config(settings)
+    except ConfigError as exc:
+        print(f"technic-stream: {exc}", file=sys.stderr)
+        return 2
+    except TechnicStreamError as exc:
+        print(f"technic-stream: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
