@@ -7,7 +7,10 @@ with :func:`load_settings` and pass it through constructors.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
     mongo_timeout_ms: int = Field(default=5_000, ge=100, le=300_000)
 
+    # The gateway's public HTTP/WebSocket address.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+
     # Operations side port (/healthz, /readyz, /metrics); 0 picks a free port.
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=9400, ge=0, le=65535)
@@ -124,16 +131,33 @@ class Settings(BaseSettings):
         return value
 
 
-def load_settings(**overrides: object) -> Settings:
+def _unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            hint = difflib.get_close_matches(upper, known, n=1)
+            problems.append(
+                f"{name}: unknown variable" + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+    return problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build settings from the environment (and ``overrides``).
 
-    Raises :class:`ConfigError` naming each offending ``TECHNIC_*`` variable.
+    Raises :class:`ConfigError` naming each offending ``TECHNIC_*`` variable,
+    including unknown ones (a typo must not silently fall back to a default).
     """
+    env = os.environ if environ is None else environ
+    problems = _unknown_variables(env)
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "?"
             problems.append(f"{ENV_PREFIX}{field.upper()}: {err['msg']}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems), problems) from exc
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems), problems)
+    return settings

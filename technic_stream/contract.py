@@ -17,7 +17,7 @@ from technic_stream.kafka.dlq import DLQ_HEADERS
 from technic_stream.messages import MODELS
 from technic_stream.topics import TOPICS, TopicSpec
 
-__all__ = ["asyncapi_document", "json_schemas", "render_files", "write_files", "stale_files"]
+__all__ = ["asyncapi_document", "json_schemas", "render_files", "stale_files", "write_files"]
 
 _SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

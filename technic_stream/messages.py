@@ -124,7 +124,9 @@ class Bar(_Message):
                 f"{max(self.open, self.close, self.low)}"
             )
         if self.low > min(self.open, self.close):
-            raise ValueError(f"low {self.low} is above min(open, close) {min(self.open, self.close)}")
+            raise ValueError(
+                f"low {self.low} is above min(open, close) {min(self.open, self.close)}"
+            )
         return self
 
 
@@ -258,6 +260,10 @@ AlertMode = Literal["once", "once_per_bar", "once_per_bar_close", "every_time"]
 DeliveryChannel = Literal["ws", "push", "webhook"]
 
 
+def _default_channels() -> list[DeliveryChannel]:
+    return ["ws"]
+
+
 class AlertRule(_Message):
     """A live alert rule. A tombstone (null value) on its key deletes it."""
 
@@ -274,7 +280,7 @@ class AlertRule(_Message):
     cooldown_s: Annotated[int, Field(strict=True, ge=0, le=31_536_000)] = 0
     expires_at: EpochMs | None = None
     channels: Annotated[list[DeliveryChannel], Field(min_length=1, max_length=3)] = Field(
-        default_factory=lambda: ["ws"]
+        default_factory=_default_channels
     )
     message: Annotated[str, StringConstraints(max_length=1_000)] | None = None
     active: bool = True
@@ -315,7 +321,15 @@ def alert_id(rule_id: str, symbol: str, tf: str, ts: int) -> str:
 
 
 Message = (
-    Trade | Bar | ScanRequest | ScanControl | ScanTask | ScanProgress | ScanResult | AlertRule | Alert
+    Trade
+    | Bar
+    | ScanRequest
+    | ScanControl
+    | ScanTask
+    | ScanProgress
+    | ScanResult
+    | AlertRule
+    | Alert
 )
 
 MODELS: tuple[type[_Message], ...] = (
@@ -330,9 +344,7 @@ MODELS: tuple[type[_Message], ...] = (
     Alert,
 )
 #: ``type`` field value → model.
-MESSAGE_TYPES: dict[str, type[_Message]] = {
-    m.model_fields["type"].default: m for m in MODELS
-}
+MESSAGE_TYPES: dict[str, type[_Message]] = {m.model_fields["type"].default: m for m in MODELS}
 
 M = TypeVar("M", bound=_Message)
 

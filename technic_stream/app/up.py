@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from typing import TextIO
+from typing import Any, TextIO
 
 from technic_stream.app.ops import OpsServer
 from technic_stream.app.runtime import install_stop_signals
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Services that ``up`` runs, as (name, factory(settings, stop) -> coroutine).
 #: Each later capability registers its process here.
-SERVICES: list[tuple[str, Callable[[Settings, asyncio.Event], Awaitable[None]]]] = []
+ServiceMain = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
+SERVICES: list[tuple[str, ServiceMain]] = []
 
 
 async def _kafka_ready(bootstrap: str) -> None:
@@ -71,7 +72,7 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout) -> int:
             await stop.wait()
             print("stopping ...", file=out, flush=True)
             if tasks:
-                done, pending = await asyncio.wait(tasks.values(), timeout=live.shutdown_grace_s)
+                _, pending = await asyncio.wait(tasks.values(), timeout=live.shutdown_grace_s)
                 for task in pending:
                     task.cancel()
                 for task in pending:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -52,10 +53,9 @@ async def ensure_topics(
                 )
             )
         if wanted:
-            try:
+            # A concurrent creator may win the race; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass  # a concurrent creator won the race; fine
             log.info("topics created", extra={"topics": [t.name for t in wanted]})
     except KafkaError as exc:
         raise KafkaTransportError("create topics", str(exc)) from exc

@@ -63,7 +63,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, owner: BatchConsumer) -> None:
         self._owner = owner
 

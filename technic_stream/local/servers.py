@@ -152,9 +152,7 @@ def mongo_server(port: int, workdir: Path) -> ServerProcess:
     try:
         import nx_27017  # noqa: F401
     except ImportError as exc:
-        raise LocalServiceError(
-            "mongo", "nx-27017 is not installed (the 'local' extra)"
-        ) from exc
+        raise LocalServiceError("mongo", "nx-27017 is not installed (the 'local' extra)") from exc
     code = "import sys; from nx_27017.nx_27017 import main; sys.exit(main())"
     return ServerProcess(
         "mongo (nx-27017)",

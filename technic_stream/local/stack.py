@@ -139,8 +139,8 @@ class LocalStack:
         configured = self._base.kafka_bootstrap
         if configured:
             first = configured.split(",")[0].strip()
-            host, _, port = first.rpartition(":")
-            _check("kafka", lambda: kafka_answers(host, int(port)), configured)
+            host, _, port_text = first.rpartition(":")
+            _check("kafka", lambda: kafka_answers(host, int(port_text)), configured)
             self.endpoints.append(ServiceEndpoint("kafka", configured, False))
             return configured
         _, port = self._launch(tansu_broker, "kafka")
@@ -172,7 +172,9 @@ def _check(name: str, probe: Callable[[], bool], address: str) -> None:
     try:
         ok = probe()
     except Exception as exc:
-        raise LocalServiceError(name, f"configured server {address} does not answer: {exc}") from exc
+        raise LocalServiceError(
+            name, f"configured server {address} does not answer: {exc}"
+        ) from exc
     if not ok:
         raise LocalServiceError(name, f"configured server {address} gave an unexpected reply")
 

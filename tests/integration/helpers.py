@@ -1,0 +1,90 @@
+"""Helpers for integration tests: reading a whole topic, collecting handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from technic_stream.config import Settings
+from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
+from technic_stream.messages import Bar, decode
+
+
+async def read_topic(settings: Settings, topic: str, *, expect: int, wait_s: float = 15.0):
+    """Every record of ``topic`` from the beginning, waiting until ``expect`` have arrived."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while len(records) < expect and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+class BarCollector:
+    """A BatchHandler that decodes bars, routes bad ones to the DLQ and records the rest.
+
+    ``crash_on_batch=n`` raises inside the n-th batch (1-based) before it is done,
+    the way a process dies mid-batch. ``stop_after=n`` stops the consumer once n
+    records (good or bad) have been handled.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer,
+        *,
+        crash_on_batch: int | None = None,
+        stop_after: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.dlq = DeadLetterQueue(producer, f"{settings.topic_prefix}dlq")
+        self.crash_on_batch = crash_on_batch
+        self.stop_after = stop_after
+        self.consumer: BatchConsumer | None = None
+        self.batches = 0
+        self.handled: list[tuple[int, int]] = []  # (partition, offset), good or bad
+        self.bars: list[Bar] = []
+        self.assigned: list[set[TopicPartition]] = []
+        self.revoked: list[set[TopicPartition]] = []
+
+    def _decode(self, value: bytes | None) -> Bar:
+        return decode(value, Bar, max_bytes=self.settings.max_message_bytes)  # type: ignore[arg-type]
+
+    async def on_batch(self, batch: Batch) -> None:
+        self.batches += 1
+        if self.crash_on_batch == self.batches:
+            raise RuntimeError("simulated crash mid-batch")
+        for tp, records in batch.items():
+            good = await self.dlq.decode_batch(records, self._decode)
+            self.bars.extend(bar for _, bar in good)
+            self.handled.extend((tp.partition, r.offset) for r in records)
+        await self.producer.flush()
+        if self.stop_after is not None and len(self.handled) >= self.stop_after:
+            assert self.consumer is not None
+            self.consumer.stop()
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        self.assigned.append(partitions)
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        await self.producer.flush()
+        self.revoked.append(partitions)

@@ -1,0 +1,183 @@
+"""Kafka transport against the real local broker (tansu)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from technic_stream.kafka import DLQ_HEADERS, BatchConsumer, Producer
+from technic_stream.messages import Bar, encode
+from tests.integration.helpers import BarCollector, read_topic
+
+
+def bar(symbol: str, i: int, **changes: object) -> Bar:
+    doc = dict(
+        symbol=symbol,
+        tf="1m",
+        ts=1_700_000_000_000 + i * 60_000,
+        open=100.0 + i,
+        high=101.0 + i,
+        low=99.0 + i,
+        close=100.5 + i,
+        volume=1_000.0 + i,
+    )
+    doc.update(changes)
+    return Bar(**doc)  # type: ignore[arg-type]
+
+
+async def run_until_done(consumer: BatchConsumer, limit_s: float = 30.0) -> None:
+    await asyncio.wait_for(consumer.run(), limit_s)
+
+
+async def test_produce_consume_round_trip(settings):
+    topic = f"{settings.topic_prefix}md.bars"
+    sent = [bar(sym, i) for sym in ("AAPL", "MSFT", "IBM") for i in range(20)]
+    async with Producer(settings) as producer:
+        for b in sent:
+            await producer.send(topic, encode(b), key=b.symbol.encode())
+        assert await producer.flush() == len(sent)
+        handler = BarCollector(settings, producer, stop_after=len(sent))
+        async with BatchConsumer(settings, [topic], f"g-{settings.topic_prefix}", handler) as c:
+            handler.consumer = c
+            await run_until_done(c)
+    assert sorted(handler.bars, key=lambda b: (b.symbol, b.ts)) == sorted(
+        sent, key=lambda b: (b.symbol, b.ts)
+    )
+    # Per-symbol order survives: each symbol lives on one partition.
+    for sym in ("AAPL", "MSFT", "IBM"):
+        got = [b.ts for b in handler.bars if b.symbol == sym]
+        assert got == sorted(got)
+
+
+async def test_malformed_messages_go_to_dlq_with_headers_and_good_ones_flow(settings):
+    s = settings.model_copy(update={"max_message_bytes": 1024})
+    topic = f"{s.topic_prefix}md.bars"
+    good_before, good_after = bar("AAPL", 1), bar("AAPL", 2)
+    high_below_low = orjson.dumps({**orjson.loads(encode(bar("AAPL", 3))), "high": 1.0})
+    unknown_tf = orjson.dumps({**orjson.loads(encode(bar("AAPL", 4))), "tf": "7m"})
+    oversize = encode(bar("AAPL", 5))[:-1] + b"," + b'"pad":"' + b"x" * 2000 + b'"}'
+    payloads = [
+        ("good", encode(good_before)),
+        ("json", b'{"type": "bar", "v": 1, '),
+        ("ohlc", high_below_low),
+        ("tf", unknown_tf),
+        ("size", oversize),
+        ("good", encode(good_after)),
+    ]
+    async with Producer(s) as producer:
+        for _, value in payloads:
+            await producer.send(topic, value, key=b"AAPL")
+        await producer.flush()
+        handler = BarCollector(s, producer, stop_after=len(payloads))
+        async with BatchConsumer(s, [topic], f"g-{s.topic_prefix}", handler) as c:
+            handler.consumer = c
+            await run_until_done(c)
+    assert handler.bars == [good_before, good_after]
+
+    dead = await read_topic(s, f"{s.topic_prefix}dlq", expect=4)
+    assert len(dead) == 4
+    by_offset = {int(dict(r.headers)["source-offset"]): r for r in dead}
+    source = await read_topic(s, topic, expect=len(payloads))
+    offsets = {r.value: r.offset for r in source}
+    expected_reasons = {
+        payloads[1][1]: ("MessageDecodeError", "invalid JSON"),
+        payloads[2][1]: ("MessageDecodeError", "is below max(open, close, low)"),
+        payloads[3][1]: ("MessageDecodeError", "tf: Input should be"),
+        payloads[4][1]: ("MessageDecodeError", "exceeds the limit of 1024"),
+    }
+    for value, (error_class, reason) in expected_reasons.items():
+        record = by_offset[offsets[value]]
+        headers = {k: v.decode() for k, v in record.headers}
+        assert set(DLQ_HEADERS) <= set(headers)
+        assert headers["source-topic"] == topic
+        assert int(headers["source-partition"]) == source[0].partition
+        assert headers["error-class"] == error_class
+        assert reason in headers["error-reason"]
+        assert record.value == value  # the original bytes, untouched
+        assert record.key == b"AAPL"  # the original key
+
+
+async def test_commits_survive_a_crash_and_only_the_uncommitted_tail_is_replayed(settings):
+    s = settings.model_copy(update={"kafka_fetch_max_records": 10})
+    topic = f"{s.topic_prefix}md.bars"
+    total = 60
+    async with Producer(s) as producer:
+        for i in range(total):
+            await producer.send(topic, encode(bar("AAPL", i)), key=b"AAPL")
+        await producer.flush()
+        group = f"g-{s.topic_prefix}"
+
+        # First process: dies inside its third batch, after committing two.
+        first = BarCollector(s, producer, crash_on_batch=3)
+        consumer = BatchConsumer(s, [topic], group, first)
+        await consumer.start()
+        first.consumer = consumer
+        crashed = False
+        try:
+            await run_until_done(consumer)
+        except RuntimeError as exc:
+            crashed = "simulated crash" in str(exc)
+        finally:
+            await consumer.aclose()
+        assert crashed
+        ((committed_tp, committed_at),) = consumer.committed.items()
+        assert committed_at == len(first.handled) > 0  # two whole batches, committed
+        assert first.handled == [(committed_tp.partition, o) for o in range(committed_at)]
+
+        # Second process: resumes at the commit; replays the crashed batch, nothing before it.
+        second = BarCollector(s, producer, stop_after=total - committed_at)
+        async with BatchConsumer(s, [topic], group, second) as c:
+            second.consumer = c
+            await run_until_done(c)
+    offsets = [o for _, o in second.handled]
+    assert offsets == list(range(committed_at, total))
+    assert not set(first.handled) & set(second.handled)
+    assert [b.ts for b in first.bars + second.bars] == [bar("AAPL", i).ts for i in range(total)]
+
+
+async def test_graceful_stop_commits_what_was_processed(settings):
+    settings = settings.model_copy(update={"kafka_fetch_max_records": 10})
+    topic = f"{settings.topic_prefix}md.bars"
+    async with Producer(settings) as producer:
+        for i in range(30):
+            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
+        await producer.flush()
+        group = f"g-{settings.topic_prefix}"
+        first = BarCollector(settings, producer, stop_after=1)
+        async with BatchConsumer(settings, [topic], group, first) as c:
+            first.consumer = c
+            await run_until_done(c)
+        done = len(first.handled)
+        assert 0 < done < 30
+        assert first.revoked and first.revoked[-1]  # hand-over hook ran on shutdown
+        second = BarCollector(settings, producer, stop_after=30 - done)
+        async with BatchConsumer(settings, [topic], group, second) as c:
+            second.consumer = c
+            await run_until_done(c)
+    assert [o for _, o in second.handled] == list(range(done, 30))
+
+
+async def test_two_members_split_the_partitions(settings):
+    topic = f"{settings.topic_prefix}md.bars"
+    group = f"g-{settings.topic_prefix}"
+    async with Producer(settings) as producer:
+        a = BarCollector(settings, producer)
+        b = BarCollector(settings, producer)
+        async with (
+            BatchConsumer(settings, [topic], group, a) as ca,
+            BatchConsumer(settings, [topic], group, b) as cb,
+        ):
+            runs = [asyncio.create_task(ca.run()), asyncio.create_task(cb.run())]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while loop.time() < deadline:  # until the group has settled
+                got_a, got_b = ca.assignment(), cb.assignment()
+                if got_a and got_b and len(got_a | got_b) == settings.partitions:
+                    break
+                await asyncio.sleep(0.1)
+            ca.stop()
+            cb.stop()
+            await asyncio.gather(*runs)
+    assert got_a and got_b and not got_a & got_b
+    assert len(got_a | got_b) == settings.partitions

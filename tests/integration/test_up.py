@@ -1,0 +1,155 @@
+"""`technic-stream up` as a real process: stack up, readiness, clean Ctrl-C, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from technic_stream.local import free_port
+from tests.conftest import ROOT
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
+    env.update({"TECHNIC_OPS_PORT": "0", "TECHNIC_LOG_FORMAT": "console", **extra})
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def _start_up(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "technic_stream",
+        "up",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    text = ""
+
+    async def until_ready() -> None:
+        nonlocal text
+        while "Press Ctrl-C to stop." not in text:
+            line = await proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise AssertionError(f"up exited early: {text}")
+            text += line.decode()
+
+    await asyncio.wait_for(until_ready(), 60)
+    return proc, text
+
+
+async def _ready(text: str) -> dict[str, object]:
+    ops = re.search(r"http://127\.0\.0\.1:\d+", text)
+    assert ops, text
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{ops.group(0)}/healthz") as r:
+            assert r.status == 200
+        async with http.get(f"{ops.group(0)}/readyz") as r:
+            body = await r.json()
+            assert r.status == 200, body
+        async with http.get(f"{ops.group(0)}/metrics") as r:
+            assert r.status == 200 and "python_info" in await r.text()
+    return body
+
+
+async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
+    proc, text = await _start_up(_env())
+    try:
+        pids = [int(p) for p in re.findall(r"started here, pid (\d+)", text)]
+        assert len(pids) == 3, text
+        assert sorted(pids) == sorted(_children(proc.pid))
+        assert all(_alive(p) for p in pids)
+        assert "technic.md.bars" in text and "topics   10" in text
+        body = await _ready(text)
+        assert body["checks"] == {"kafka": "ok", "redis": "ok", "mongo": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "stopped cleanly" in out.decode()
+    assert not [p for p in pids if _alive(p)], "orphan server processes left behind"
+
+
+async def test_up_uses_configured_servers_and_starts_none(local_stack, unique):
+    live = local_stack.settings
+    env = _env(
+        TECHNIC_KAFKA_BOOTSTRAP=live.kafka_bootstrap or "",
+        TECHNIC_REDIS_URL=live.redis_url or "",
+        TECHNIC_MONGO_URL=live.mongo_url or "",
+        TECHNIC_TOPIC_PREFIX=f"t{unique}.",
+    )
+    proc, text = await _start_up(env)
+    try:
+        assert "started here" not in text
+        assert text.count("external, configured") == 3
+        assert live.kafka_bootstrap in text
+        assert _children(proc.pid) == []
+        await _ready(text)
+        assert f"t{unique}.md.bars" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+
+
+async def test_up_names_a_configured_server_that_does_not_answer():
+    dead = f"127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "technic_stream",
+        "up",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(TECHNIC_KAFKA_BOOTSTRAP=dead),
+        cwd=ROOT,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert f"kafka: configured server {dead} does not answer" in err.decode()
+    assert "Traceback" not in err.decode()
+
+
+async def test_bad_configuration_exits_2_naming_the_variable():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "technic_stream",
+        "up",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_env(TECHNIC_PARTITIONS="zero"),
+        cwd=ROOT,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "TECHNIC_PARTITIONS" in err.decode()
