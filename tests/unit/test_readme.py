@@ -1,7 +1,6 @@
 """The README documents every setting and the two commands."""
 
 from technic_stream.config import ENV_PREFIX, Settings
-
 from tests.conftest import ROOT
 
 
