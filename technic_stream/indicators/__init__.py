@@ -1,0 +1,23 @@
+"""Indicator specs, compiled plans, multi-symbol state and thin Python wrappers."""
+
+from technic_stream.indicators.plan import IndicatorPlan
+from technic_stream.indicators.registry import (
+    INDICATORS,
+    IndicatorError,
+    IndicatorSpec,
+    parse_indicators,
+    spec,
+)
+from technic_stream.indicators.state import BatchResult, IndicatorState, StateVersionError
+
+__all__ = [
+    "INDICATORS",
+    "BatchResult",
+    "IndicatorError",
+    "IndicatorPlan",
+    "IndicatorSpec",
+    "IndicatorState",
+    "StateVersionError",
+    "parse_indicators",
+    "spec",
+]

@@ -1,0 +1,689 @@
+"""Streaming kernels: one call applies a batch of bars to the state of many symbols.
+
+State of one symbol is one float64 row: the scalar fields of every indicator of
+the plan first (``soff[j]`` is where indicator ``j``'s start), then its ring
+buffers (``roff[j]``). Before a new bar the scalar block is copied to ``prev``;
+a corrected bar (same ``ts`` as the last) restores it and re-applies. Rings hold
+``n + 1`` slots, so re-applying never needs a value the replaced bar evicted;
+monotonic deques are rebuilt from their value ring on a correction.
+
+Arithmetic follows TA-Lib 0.8 (classic seeding) operation by operation, so the
+values match it to rounding. Values before an output is ready are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from technic_stream.kernels.common import (
+    ADX,
+    ATR,
+    BB,
+    CCI,
+    DONCHIAN,
+    EMA,
+    MACD,
+    MFI,
+    NATR,
+    OBV,
+    RELVOL,
+    ROC,
+    RSI,
+    SMA,
+    SRC_VOLUME,
+    STDDEV,
+    STOCH,
+    VWAP,
+    WILLR,
+    WMA,
+    is_zero_nb,
+    is_zero_or_neg_nb,
+    true_range_nb,
+)
+
+__all__ = ["APPLIED", "CORRECTED", "SKIPPED", "apply_bars_nb"]
+
+APPLIED = 0
+CORRECTED = 1
+SKIPPED = 2
+
+NAN = np.nan
+
+
+# Monotonic deques (rolling max / min in O(1) amortised) --------------------------------
+# Layout: two scalars (head, tail counters) at ``hs``; an index ring of ``cap`` slots at
+# ``qi``; the values live in a ring at ``qv`` (bar j at slot j % cap), written by the caller.
+
+
+@njit(cache=True, inline="always")
+def _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max):
+    head = int(st[r, hs])
+    tail = int(st[r, hs + 1])
+    while tail > head and int(st[r, qi + head % cap]) <= j - n:
+        head += 1
+    x = st[r, qv + j % cap]
+    if is_max:
+        while tail > head and st[r, qv + int(st[r, qi + (tail - 1) % cap]) % cap] <= x:
+            tail -= 1
+    else:
+        while tail > head and st[r, qv + int(st[r, qi + (tail - 1) % cap]) % cap] >= x:
+            tail -= 1
+    st[r, qi + tail % cap] = j
+    tail += 1
+    st[r, hs] = head
+    st[r, hs + 1] = tail
+    return st[r, qv + int(st[r, qi + head % cap]) % cap]
+
+
+@njit(cache=True)
+def _dq_rebuild_nb(st, r, hs, qi, qv, cap, k, n, is_max):
+    """Rebuild the deque of the window that ends at bar k - 1."""
+    st[r, hs] = 0.0
+    st[r, hs + 1] = 0.0
+    for j in range(max(0, k - n), k):
+        _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max)
+
+
+# One function per indicator: update the state with bar k of the symbol in row r and
+# write its outputs to out[b, oc:]. ip / fp are the indicator's int / float parameters.
+
+
+@njit(cache=True, inline="always")
+def _sma_nb(st, r, s, q, ip, k, x, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    st[r, q + k % cap] = x
+    st[r, s] += x
+    if k < n - 1:
+        out[b, oc] = NAN
+        return
+    value = st[r, s]
+    st[r, s] -= st[r, q + (k - n + 1) % cap]
+    out[b, oc] = value / n
+
+
+@njit(cache=True, inline="always")
+def _ema_nb(st, r, s, ip, k, x, out, b, oc):
+    n = ip[0]
+    if k < n:
+        st[r, s + 1] += x
+        if k < n - 1:
+            out[b, oc] = NAN
+            return
+        st[r, s] = st[r, s + 1] / n
+    else:
+        kk = 2.0 / (n + 1.0)
+        st[r, s] = ((x - st[r, s]) * kk) + st[r, s]
+    out[b, oc] = st[r, s]
+
+
+@njit(cache=True, inline="always")
+def _wma_nb(st, r, s, q, ip, k, x, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    st[r, q + k % cap] = x
+    if n == 1:
+        out[b, oc] = x
+        return
+    if k < n - 1:
+        st[r, s] += x
+        st[r, s + 1] += x * (k + 1)
+        out[b, oc] = NAN
+        return
+    divider = float((n * (n + 1)) >> 1)
+    st[r, s] += x
+    st[r, s] -= st[r, s + 2]
+    st[r, s + 1] += x * n
+    st[r, s + 2] = st[r, q + (k - n + 1) % cap]
+    out[b, oc] = st[r, s + 1] / divider
+    st[r, s + 1] -= st[r, s]
+
+
+@njit(cache=True, inline="always")
+def _rsi_value_nb(gain, loss):
+    total = gain + loss
+    if not is_zero_nb(total):
+        return 100.0 * (gain / total)
+    return 0.0
+
+
+@njit(cache=True, inline="always")
+def _rsi_nb(st, r, s, ip, k, x, out, b, oc):
+    n = ip[0]
+    if k == 0:
+        st[r, s] = x
+        out[b, oc] = NAN
+        return
+    diff = x - st[r, s]
+    st[r, s] = x
+    if k <= n:
+        if diff < 0.0:
+            st[r, s + 2] -= diff
+        else:
+            st[r, s + 1] += diff
+        if k < n:
+            out[b, oc] = NAN
+            return
+        st[r, s + 2] /= n
+        st[r, s + 1] /= n
+    else:
+        st[r, s + 2] *= n - 1
+        st[r, s + 1] *= n - 1
+        if diff < 0.0:
+            st[r, s + 2] -= diff
+        else:
+            st[r, s + 1] += diff
+        st[r, s + 2] /= n
+        st[r, s + 1] /= n
+    out[b, oc] = _rsi_value_nb(st[r, s + 1], st[r, s + 2])
+
+
+@njit(cache=True, inline="always")
+def _macd_nb(st, r, s, ip, k, x, out, b, oc):
+    fast = ip[0]
+    slow = ip[1]
+    sig = ip[2]
+    if slow < fast:
+        fast, slow = slow, fast
+    # scalars: fast ema, slow ema, fast seed sum, slow seed sum, signal ema, signal seed sum
+    if k < slow:
+        st[r, s + 3] += x
+        if k >= slow - fast:
+            st[r, s + 2] += x
+        if k < slow - 1:
+            out[b, oc] = NAN
+            out[b, oc + 1] = NAN
+            out[b, oc + 2] = NAN
+            return
+        st[r, s + 1] = st[r, s + 3] / slow
+        st[r, s] = st[r, s + 2] / fast
+    else:
+        kf = 2.0 / (fast + 1.0)
+        ks = 2.0 / (slow + 1.0)
+        st[r, s] = ((x - st[r, s]) * kf) + st[r, s]
+        st[r, s + 1] = ((x - st[r, s + 1]) * ks) + st[r, s + 1]
+    line = st[r, s] - st[r, s + 1]
+    m = k - (slow - 1)  # index into the MACD line
+    if m < sig:
+        st[r, s + 5] += line
+        if m < sig - 1:
+            out[b, oc] = NAN
+            out[b, oc + 1] = NAN
+            out[b, oc + 2] = NAN
+            return
+        st[r, s + 4] = st[r, s + 5] / sig
+    else:
+        kg = 2.0 / (sig + 1.0)
+        st[r, s + 4] = ((line - st[r, s + 4]) * kg) + st[r, s + 4]
+    out[b, oc] = line
+    out[b, oc + 1] = st[r, s + 4]
+    out[b, oc + 2] = line - st[r, s + 4]
+
+
+@njit(cache=True, inline="always")
+def _stddev_window_nb(st, r, s, q, n, k, x):
+    """Population std of the last n values by shifted sums; NaN until n values.
+
+    Scalars at s: shift, sum of (x - shift), sum of (x - shift)^2. Ring at q (n + 1).
+    """
+    cap = n + 1
+    if k == 0:
+        st[r, s] = x
+    d = x - st[r, s]
+    st[r, q + k % cap] = x
+    st[r, s + 1] += d
+    st[r, s + 2] += d * d
+    if k < n - 1:
+        return NAN
+    mean = st[r, s + 1] / n
+    var = st[r, s + 2] / n - mean * mean
+    old = st[r, q + (k - n + 1) % cap] - st[r, s]
+    st[r, s + 1] -= old
+    st[r, s + 2] -= old * old
+    if is_zero_or_neg_nb(var):
+        return 0.0
+    return math.sqrt(var)
+
+
+@njit(cache=True, inline="always")
+def _bb_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
+    n = ip[0]
+    nbdev = fp[0]
+    cap = n + 1
+    # SMA total (TA-Lib order) at s; shifted sums at s+1..s+3; ring of x at q.
+    st[r, s] += x
+    std = _stddev_window_nb(st, r, s + 1, q, n, k, x)
+    if k < n - 1:
+        for i in range(5):
+            out[b, oc + i] = NAN
+        return
+    mid = st[r, s] / n
+    st[r, s] -= st[r, q + (k - n + 1) % cap]
+    width = std * nbdev
+    upper = mid + width
+    lower = mid - width
+    out[b, oc] = mid
+    out[b, oc + 1] = upper
+    out[b, oc + 2] = lower
+    span = upper - lower
+    out[b, oc + 3] = (x - lower) / span if span != 0.0 else NAN
+    out[b, oc + 4] = span / mid if mid != 0.0 else NAN
+
+
+@njit(cache=True, inline="always")
+def _stddev_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
+    std = _stddev_window_nb(st, r, s, q, ip[0], k, x)
+    out[b, oc] = std * fp[0] if k >= ip[0] - 1 else NAN
+
+
+@njit(cache=True, inline="always")
+def _atr_nb(st, r, s, ip, k, h, l, c, out, b, oc, natr):
+    n = ip[0]
+    if k == 0:
+        st[r, s] = c
+        out[b, oc] = NAN
+        return
+    tr = true_range_nb(h, l, st[r, s])
+    st[r, s] = c
+    if k <= n:
+        st[r, s + 1] += tr
+        if k < n:
+            out[b, oc] = NAN
+            return
+        st[r, s + 2] = st[r, s + 1] / n
+    else:
+        st[r, s + 2] *= n - 1
+        st[r, s + 2] += tr
+        st[r, s + 2] /= n
+    atr = st[r, s + 2]
+    if natr:
+        out[b, oc] = (atr / c) * 100.0 if not is_zero_nb(c) else 0.0
+    else:
+        out[b, oc] = atr
+
+
+@njit(cache=True, inline="always")
+def _stoch_layout_nb(q, fk, sk):
+    cap = fk + 1
+    return cap, q, q + cap, q + 2 * cap, q + 3 * cap, q + 4 * cap, q + 4 * cap + sk + 1
+
+
+@njit(cache=True, inline="always")
+def _stoch_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
+    fk = ip[0]
+    sk = ip[1]
+    sd = ip[2]
+    cap, qh, ql, qih, qil, qfk, qsk = _stoch_layout_nb(q, fk, sk)
+    st[r, qh + k % cap] = h
+    st[r, ql + k % cap] = l
+    hi = _dq_push_nb(st, r, s, qih, qh, cap, k, fk, True)
+    lo = _dq_push_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
+    if k < fk - 1:
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        return
+    diff = (hi - lo) / 100.0
+    fast_k = (c - lo) / diff if diff != 0.0 else 0.0
+    j = k - (fk - 1)  # index into the fast %K series
+    st[r, qfk + j % (sk + 1)] = fast_k
+    st[r, s + 4] += fast_k
+    if j < sk - 1:
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        return
+    slow_k = st[r, s + 4] / sk
+    st[r, s + 4] -= st[r, qfk + (j - sk + 1) % (sk + 1)]
+    i = j - (sk - 1)  # index into the slow %K series
+    st[r, qsk + i % (sd + 1)] = slow_k
+    st[r, s + 5] += slow_k
+    if i < sd - 1:
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        return
+    slow_d = st[r, s + 5] / sd
+    st[r, s + 5] -= st[r, qsk + (i - sd + 1) % (sd + 1)]
+    out[b, oc] = slow_k
+    out[b, oc + 1] = slow_d
+
+
+@njit(cache=True, inline="always")
+def _adx_nb(st, r, s, ip, k, h, l, c, out, b, oc):
+    n = ip[0]
+    # scalars: prev high, prev low, prev close, +DM, -DM, TR, sum DX, ADX
+    if k == 0:
+        st[r, s] = h
+        st[r, s + 1] = l
+        st[r, s + 2] = c
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        out[b, oc + 2] = NAN
+        return
+    diff_p = h - st[r, s]
+    diff_m = st[r, s + 1] - l
+    st[r, s] = h
+    st[r, s + 1] = l
+    if k >= n:
+        st[r, s + 4] -= st[r, s + 4] / n
+        st[r, s + 3] -= st[r, s + 3] / n
+    if diff_m > 0 and diff_p < diff_m:
+        st[r, s + 4] += diff_m
+    elif diff_p > 0 and diff_p > diff_m:
+        st[r, s + 3] += diff_p
+    tr = true_range_nb(h, l, st[r, s + 2])
+    if k < n:
+        st[r, s + 5] += tr
+    else:
+        st[r, s + 5] = st[r, s + 5] - st[r, s + 5] / n + tr
+    st[r, s + 2] = c
+    if k < n:
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        out[b, oc + 2] = NAN
+        return
+    trn = st[r, s + 5]
+    plus_di = 0.0
+    minus_di = 0.0
+    dx = NAN
+    if not is_zero_nb(trn):
+        minus_di = 100.0 * (st[r, s + 4] / trn)
+        plus_di = 100.0 * (st[r, s + 3] / trn)
+        total = minus_di + plus_di
+        if not is_zero_nb(total):
+            dx = 100.0 * (math.fabs(minus_di - plus_di) / total)
+    out[b, oc + 1] = plus_di
+    out[b, oc + 2] = minus_di
+    if k < 2 * n:
+        if not math.isnan(dx):
+            st[r, s + 6] += dx
+        if k < 2 * n - 1:
+            out[b, oc] = NAN
+            return
+        st[r, s + 7] = st[r, s + 6] / n
+    elif not math.isnan(dx):
+        st[r, s + 7] = (st[r, s + 7] * (n - 1) + dx) / n
+    out[b, oc] = st[r, s + 7]
+
+
+@njit(cache=True, inline="always")
+def _obv_nb(st, r, s, k, c, v, out, b, oc):
+    if k == 0:
+        st[r, s] = v
+    elif c > st[r, s + 1]:
+        st[r, s] += v
+    elif c < st[r, s + 1]:
+        st[r, s] -= v
+    st[r, s + 1] = c
+    out[b, oc] = st[r, s]
+
+
+@njit(cache=True, inline="always")
+def _roc_nb(st, r, q, ip, k, x, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    st[r, q + k % cap] = x
+    if k < n:
+        out[b, oc] = NAN
+        return
+    prev = st[r, q + (k - n) % cap]
+    out[b, oc] = ((x / prev) - 1.0) * 100.0 if prev != 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def _mfi_nb(st, r, s, q, ip, k, h, l, c, v, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    qp = q
+    qn = q + cap
+    tp = h
+    tp += l
+    tp += c
+    tp /= 3.0
+    if k == 0:
+        st[r, s] = tp
+        out[b, oc] = NAN
+        return
+    if k > n:
+        st[r, s + 1] -= st[r, qp + (k - n) % cap]
+        st[r, s + 2] -= st[r, qn + (k - n) % cap]
+    diff = tp - st[r, s]
+    st[r, s] = tp
+    flow = tp * v
+    if diff < 0:
+        st[r, qn + k % cap] = flow
+        st[r, qp + k % cap] = 0.0
+        st[r, s + 2] += flow
+    elif diff > 0:
+        st[r, qp + k % cap] = flow
+        st[r, qn + k % cap] = 0.0
+        st[r, s + 1] += flow
+    else:
+        st[r, qp + k % cap] = 0.0
+        st[r, qn + k % cap] = 0.0
+    if k < n:
+        out[b, oc] = NAN
+        return
+    total = st[r, s + 1] + st[r, s + 2]
+    out[b, oc] = 0.0 if total < 1.0 else 100.0 * (st[r, s + 1] / total)
+
+
+@njit(cache=True, inline="always")
+def _cci_nb(st, r, q, ip, k, h, l, c, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    tp = (h + l + c) / 3.0
+    st[r, q + k % cap] = tp
+    if k < n - 1:
+        out[b, oc] = NAN
+        return
+    # Sum in TA-Lib's circular-buffer order: slot 0..n-1 of a buffer where bar j sits at j % n.
+    avg = 0.0
+    for slot in range(n):
+        j = k - ((k - slot) % n)
+        avg += st[r, q + j % cap]
+    avg /= n
+    dev = 0.0
+    for slot in range(n):
+        j = k - ((k - slot) % n)
+        dev += math.fabs(st[r, q + j % cap] - avg)
+    num = tp - avg
+    out[b, oc] = num / (0.015 * (dev / n)) if num != 0.0 and dev != 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def _hilo_nb(st, r, s, q, n, k, h, l):
+    """Rolling highest high and lowest low over n bars (two deques)."""
+    cap = n + 1
+    qh = q
+    ql = q + cap
+    st[r, qh + k % cap] = h
+    st[r, ql + k % cap] = l
+    hi = _dq_push_nb(st, r, s, q + 2 * cap, qh, cap, k, n, True)
+    lo = _dq_push_nb(st, r, s + 2, q + 3 * cap, ql, cap, k, n, False)
+    return hi, lo
+
+
+@njit(cache=True, inline="always")
+def _willr_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
+    n = ip[0]
+    hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
+    if k < n - 1:
+        out[b, oc] = NAN
+        return
+    diff = (hi - lo) / (-100.0)
+    out[b, oc] = (hi - c) / diff if diff != 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def _donchian_nb(st, r, s, q, ip, k, h, l, out, b, oc):
+    n = ip[0]
+    hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
+    if k < n - 1:
+        out[b, oc] = NAN
+        out[b, oc + 1] = NAN
+        out[b, oc + 2] = NAN
+        return
+    out[b, oc] = hi
+    out[b, oc + 1] = lo
+    out[b, oc + 2] = (hi + lo) / 2.0
+
+
+@njit(cache=True, inline="always")
+def _vwap_nb(st, r, s, ip, t, h, l, c, v, out, b, oc):
+    session = (t - ip[1]) // ip[0]
+    if session != st[r, s] or (st[r, s + 1] == 0.0 and st[r, s + 2] == 0.0):
+        st[r, s] = session
+        st[r, s + 1] = 0.0
+        st[r, s + 2] = 0.0
+    tp = (h + l + c) / 3.0
+    st[r, s + 1] += tp * v
+    st[r, s + 2] += v
+    out[b, oc] = st[r, s + 1] / st[r, s + 2] if st[r, s + 2] > 0.0 else NAN
+
+
+@njit(cache=True, inline="always")
+def _relvol_nb(st, r, s, q, ip, k, v, out, b, oc):
+    n = ip[0]
+    cap = n + 1
+    # scalars: SMA total of volume (TA-Lib order), the previous bar's average
+    prev_avg = st[r, s + 1]
+    if k < n:
+        out[b, oc] = NAN
+    else:
+        out[b, oc] = v / prev_avg if prev_avg > 0.0 else NAN
+    st[r, q + k % cap] = v
+    st[r, s] += v
+    if k >= n - 1:
+        value = st[r, s]
+        st[r, s] -= st[r, q + (k - n + 1) % cap]
+        st[r, s + 1] = value / n
+
+
+@njit(cache=True)
+def _rebuild_deques_nb(code, st, r, s, q, ip, k):
+    if code == STOCH:
+        fk = ip[0]
+        cap, qh, ql, qih, qil, _, _ = _stoch_layout_nb(q, fk, ip[1])
+        _dq_rebuild_nb(st, r, s, qih, qh, cap, k, fk, True)
+        _dq_rebuild_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
+    elif code == WILLR or code == DONCHIAN:
+        n = ip[0]
+        cap = n + 1
+        _dq_rebuild_nb(st, r, s, q + 2 * cap, q, cap, k, n, True)
+        _dq_rebuild_nb(st, r, s + 2, q + 3 * cap, q + cap, cap, k, n, False)
+
+
+@njit(cache=True)
+def apply_bars_nb(
+    codes,
+    iparams,
+    fparams,
+    soff,
+    roff,
+    ooff,
+    nscalar,
+    state,
+    prev,
+    last_ts,
+    count,
+    sym,
+    ts,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    out,
+    status,
+):
+    """Apply bars in arrival order; return (applied, corrected, skipped).
+
+    ``sym[b]`` is the state row of bar b. ``out[b]`` gets every output after bar b
+    (NaN where not ready, and a whole NaN row for a skipped bar); ``status[b]``
+    says APPLIED, CORRECTED or SKIPPED (older than the symbol's last bar).
+    """
+    n_ind = codes.shape[0]
+    n_out = out.shape[1]
+    applied = 0
+    corrected = 0
+    skipped = 0
+    for b in range(sym.shape[0]):
+        r = sym[b]
+        t = ts[b]
+        seen = count[r]
+        if seen > 0 and t < last_ts[r]:
+            skipped += 1
+            status[b] = SKIPPED
+            for j in range(n_out):
+                out[b, j] = NAN
+            continue
+        if seen > 0 and t == last_ts[r]:
+            k = seen - 1
+            for f in range(nscalar):
+                state[r, f] = prev[r, f]
+            corrected += 1
+            status[b] = CORRECTED
+            fix = True
+        else:
+            k = seen
+            for f in range(nscalar):
+                prev[r, f] = state[r, f]
+            count[r] = seen + 1
+            last_ts[r] = t
+            applied += 1
+            status[b] = APPLIED
+            fix = False
+        h = high[b]
+        lo = low[b]
+        c = close[b]
+        v = volume[b]
+        for j in range(n_ind):
+            code = codes[j]
+            s = soff[j]
+            q = roff[j]
+            oc = ooff[j]
+            ip = iparams[j]
+            if fix:
+                _rebuild_deques_nb(code, state, r, s, q, ip, k)
+            if code == SMA:
+                x = v if ip[1] == SRC_VOLUME else c
+                _sma_nb(state, r, s, q, ip, k, x, out, b, oc)
+            elif code == EMA:
+                _ema_nb(state, r, s, ip, k, c, out, b, oc)
+            elif code == WMA:
+                _wma_nb(state, r, s, q, ip, k, c, out, b, oc)
+            elif code == RSI:
+                _rsi_nb(state, r, s, ip, k, c, out, b, oc)
+            elif code == MACD:
+                _macd_nb(state, r, s, ip, k, c, out, b, oc)
+            elif code == BB:
+                _bb_nb(state, r, s, q, ip, fparams[j], k, c, out, b, oc)
+            elif code == STDDEV:
+                _stddev_nb(state, r, s, q, ip, fparams[j], k, c, out, b, oc)
+            elif code == ATR:
+                _atr_nb(state, r, s, ip, k, h, lo, c, out, b, oc, False)
+            elif code == NATR:
+                _atr_nb(state, r, s, ip, k, h, lo, c, out, b, oc, True)
+            elif code == STOCH:
+                _stoch_nb(state, r, s, q, ip, k, h, lo, c, out, b, oc)
+            elif code == ADX:
+                _adx_nb(state, r, s, ip, k, h, lo, c, out, b, oc)
+            elif code == OBV:
+                _obv_nb(state, r, s, k, c, v, out, b, oc)
+            elif code == ROC:
+                _roc_nb(state, r, q, ip, k, c, out, b, oc)
+            elif code == MFI:
+                _mfi_nb(state, r, s, q, ip, k, h, lo, c, v, out, b, oc)
+            elif code == CCI:
+                _cci_nb(state, r, q, ip, k, h, lo, c, out, b, oc)
+            elif code == WILLR:
+                _willr_nb(state, r, s, q, ip, k, h, lo, c, out, b, oc)
+            elif code == VWAP:
+                _vwap_nb(state, r, s, ip, t, h, lo, c, v, out, b, oc)
+            elif code == DONCHIAN:
+                _donchian_nb(state, r, s, q, ip, k, h, lo, out, b, oc)
+            elif code == RELVOL:
+                _relvol_nb(state, r, s, q, ip, k, v, out, b, oc)
+    return applied, corrected, skipped
