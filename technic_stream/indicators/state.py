@@ -11,6 +11,7 @@ from numba import njit
 
 from technic_stream.errors import TechnicStreamError
 from technic_stream.indicators.plan import IndicatorPlan
+from technic_stream.kernels.common import FASTMATH
 from technic_stream.kernels.stream import SKIPPED, apply_bars_nb
 
 __all__ = ["BatchResult", "IndicatorState", "StateVersionError"]
@@ -35,7 +36,7 @@ class BatchResult:
     skipped: int
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _store_latest_nb(sym, status, out, latest):
     for b in range(sym.shape[0]):
         if status[b] != SKIPPED:

@@ -12,7 +12,13 @@ import math
 import numpy as np
 from numba import njit
 
-from technic_stream.kernels.common import is_zero_nb, is_zero_or_neg_nb, true_range_nb
+from technic_stream.kernels.common import (
+    FASTMATH,
+    is_zero_nb,
+    is_zero_or_neg_nb,
+    is_zero_scaled_nb,
+    true_range_nb,
+)
 
 __all__ = [
     "adx_1d_nb",
@@ -37,12 +43,12 @@ __all__ = [
 ]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _nan_nb(n):
     return np.full(n, np.nan)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def sma_1d_nb(x, n):
     out = _nan_nb(x.shape[0])
     total = 0.0
@@ -55,7 +61,7 @@ def sma_1d_nb(x, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def ema_1d_nb(x, n):
     out = _nan_nb(x.shape[0])
     if x.shape[0] < n:
@@ -72,7 +78,7 @@ def ema_1d_nb(x, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def wma_1d_nb(x, n):
     size = x.shape[0]
     out = _nan_nb(size)
@@ -80,7 +86,7 @@ def wma_1d_nb(x, n):
         return x.copy()
     if size < n:
         return out
-    divider = float((n * (n + 1)) >> 1)
+    divider = float(n) * (n + 1) / 2.0
     sub = 0.0
     wsum = 0.0
     for i in range(n - 1):
@@ -91,13 +97,19 @@ def wma_1d_nb(x, n):
         sub += x[i]
         sub -= trailing
         wsum += x[i] * n
+        if (i - n + 2) % (8 * n) == 0:  # TA-Lib 0.6's periodic re-anchoring
+            sub = 0.0
+            wsum = 0.0
+            for w in range(1, n + 1):
+                sub += x[i - n + w]
+                wsum += x[i - n + w] * w
         trailing = x[i - n + 1]
         out[i] = wsum / divider
         wsum -= sub
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def rsi_1d_nb(x, n):
     size = x.shape[0]
     out = _nan_nb(size)
@@ -130,7 +142,7 @@ def rsi_1d_nb(x, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def macd_1d_nb(x, fast, slow, sig):
     size = x.shape[0]
     line_out = _nan_nb(size)
@@ -173,7 +185,7 @@ def macd_1d_nb(x, fast, slow, sig):
     return line_out, sig_out, hist_out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def stddev_1d_nb(x, n, nbdev):
     """Population standard deviation by sums shifted by the first value (× nbdev)."""
     size = x.shape[0]
@@ -190,6 +202,16 @@ def stddev_1d_nb(x, n, nbdev):
         if i >= n - 1:
             mean = s1 / n
             var = s2 / n - mean * mean
+            if (i - n + 1) % n == 0 or var * 1e6 < s2 / n:  # re-anchor (see the stream kernel)
+                shift = x[i - n + 1]
+                s1 = 0.0
+                s2 = 0.0
+                for j in range(i - n + 1, i + 1):
+                    e = x[j] - shift
+                    s1 += e
+                    s2 += e * e
+                mean = s1 / n
+                var = s2 / n - mean * mean
             old = x[i - n + 1] - shift
             s1 -= old
             s2 -= old * old
@@ -197,7 +219,7 @@ def stddev_1d_nb(x, n, nbdev):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def bbands_1d_nb(x, n, nbdev):
     """Middle, upper, lower, %b, bandwidth."""
     size = x.shape[0]
@@ -217,7 +239,7 @@ def bbands_1d_nb(x, n, nbdev):
     return mid, upper, lower, pct_b, width
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def atr_1d_nb(high, low, close, n):
     size = close.shape[0]
     out = _nan_nb(size)
@@ -236,7 +258,7 @@ def atr_1d_nb(high, low, close, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def natr_1d_nb(high, low, close, n):
     atr = atr_1d_nb(high, low, close, n)
     out = _nan_nb(close.shape[0])
@@ -245,7 +267,7 @@ def natr_1d_nb(high, low, close, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _window_max_nb(x, end, n):
     best = x[end]
     for j in range(end - n + 1, end):
@@ -254,7 +276,7 @@ def _window_max_nb(x, end, n):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _window_min_nb(x, end, n):
     best = x[end]
     for j in range(end - n + 1, end):
@@ -263,7 +285,7 @@ def _window_min_nb(x, end, n):
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def stoch_1d_nb(high, low, close, fk, sk, sd):
     size = close.shape[0]
     slow_k = _nan_nb(size)
@@ -286,7 +308,7 @@ def stoch_1d_nb(high, low, close, fk, sk, sd):
     return slow_k, slow_d
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def adx_1d_nb(high, low, close, n):
     """ADX, +DI, -DI with Wilder smoothing as TA-Lib computes them."""
     size = close.shape[0]
@@ -337,7 +359,7 @@ def adx_1d_nb(high, low, close, n):
     return adx, pdi, mdi
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def obv_1d_nb(close, volume):
     size = close.shape[0]
     out = np.empty(size)
@@ -354,7 +376,7 @@ def obv_1d_nb(close, volume):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def roc_1d_nb(x, n):
     out = _nan_nb(x.shape[0])
     for i in range(n, x.shape[0]):
@@ -363,7 +385,7 @@ def roc_1d_nb(x, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def mfi_1d_nb(high, low, close, volume, n):
     size = close.shape[0]
     out = _nan_nb(size)
@@ -371,12 +393,10 @@ def mfi_1d_nb(high, low, close, volume, n):
     neg = np.zeros(size)
     pos_sum = 0.0
     neg_sum = 0.0
+    null_run = 0
     prev_tp = 0.0
     for i in range(size):
-        tp = high[i]
-        tp += low[i]
-        tp += close[i]
-        tp /= 3.0
+        tp = (high[i] + low[i] + close[i]) / 3.0
         if i == 0:
             prev_tp = tp
             continue
@@ -384,39 +404,51 @@ def mfi_1d_nb(high, low, close, volume, n):
             pos_sum -= pos[i - n]
             neg_sum -= neg[i - n]
         diff = tp - prev_tp
+        scale = math.fabs(tp) + math.fabs(prev_tp)
         prev_tp = tp
-        flow = tp * volume[i]
-        if diff < 0:
+        flow = 0.0 if is_zero_scaled_nb(diff, scale) else tp * volume[i]
+        if diff < 0.0:
             neg[i] = flow
-            neg_sum += flow
-        elif diff > 0:
+        else:
             pos[i] = flow
-            pos_sum += flow
+        pos_sum += pos[i]
+        neg_sum += neg[i]
+        null_run = null_run + 1 if flow == 0.0 else 0
+        if null_run >= n:
+            null_run = n
+            pos_sum = 0.0
+            neg_sum = 0.0
         if i >= n:
             total = pos_sum + neg_sum
-            out[i] = 0.0 if total < 1.0 else 100.0 * (pos_sum / total)
+            clamped = 0.0 if pos_sum < 0.0 else (total if pos_sum > total else pos_sum)
+            out[i] = 0.0 if total <= 0.0 else 100.0 * (clamped / total)
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def cci_1d_nb(high, low, close, n):
     size = close.shape[0]
     out = _nan_nb(size)
     tp = (high + low + close) / 3.0
     for i in range(n - 1, size):
         avg = 0.0
+        magnitude = 0.0
         for slot in range(n):
             avg += tp[i - ((i - slot) % n)]
+            magnitude += math.fabs(tp[i - ((i - slot) % n)])
         avg /= n
         dev = 0.0
         for slot in range(n):
             dev += math.fabs(tp[i - ((i - slot) % n)] - avg)
         num = tp[i] - avg
-        out[i] = num / (0.015 * (dev / n)) if num != 0.0 and dev != 0.0 else 0.0
+        if is_zero_nb(num) or is_zero_scaled_nb(dev, magnitude):
+            out[i] = 0.0
+        else:
+            out[i] = num / (0.015 * (dev / n))
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def willr_1d_nb(high, low, close, n):
     out = _nan_nb(close.shape[0])
     for i in range(n - 1, close.shape[0]):
@@ -427,7 +459,7 @@ def willr_1d_nb(high, low, close, n):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def donchian_1d_nb(high, low, n):
     size = high.shape[0]
     upper = _nan_nb(size)
@@ -440,7 +472,7 @@ def donchian_1d_nb(high, low, n):
     return upper, lower, mid
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def vwap_1d_nb(ts, high, low, close, volume, session_ms, offset_ms):
     size = close.shape[0]
     out = _nan_nb(size)
@@ -460,7 +492,7 @@ def vwap_1d_nb(ts, high, low, close, volume, session_ms, offset_ms):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def relvol_1d_nb(volume, n):
     """Volume over the average volume of the n bars before it."""
     avg = sma_1d_nb(volume, n)

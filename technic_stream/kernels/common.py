@@ -28,6 +28,7 @@ __all__ = [
     "WMA",
     "is_zero_nb",
     "is_zero_or_neg_nb",
+    "is_zero_scaled_nb",
     "true_range_nb",
 ]
 
@@ -56,19 +57,36 @@ SRC_CLOSE = 0
 SRC_VOLUME = 1
 
 
-@njit(cache=True, inline="always")
+#: numba fastmath flags of every kernel: none. Strict IEEE arithmetic keeps the
+#: streaming kernels and their batch twins bit-identical on every CPU. (TA-Lib's wheel
+#: is compiled with FMA contraction on some expressions; allowing contraction here made
+#: EMA bit-exact with it but WMA not, and would tie results to the CPU, so we accept
+#: differences of a few ulps against TA-Lib instead.)
+FASTMATH = False
+
+#: TA-Lib's TA_EPSILON (C library 0.6 and later, as bundled with TA-Lib 0.8 for Python).
+TA_EPSILON = 1e-14
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def is_zero_nb(x: float) -> bool:
-    """TA-Lib's TA_IS_ZERO: |x| below 1e-8."""
-    return -0.00000001 < x < 0.00000001
+    """TA-Lib's TA_IS_ZERO: |x| below TA_EPSILON."""
+    return -TA_EPSILON < x < TA_EPSILON
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def is_zero_or_neg_nb(x: float) -> bool:
     """TA-Lib's TA_IS_ZERO_OR_NEG."""
-    return x < 0.00000001
+    return x < TA_EPSILON
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def is_zero_scaled_nb(x: float, scale: float) -> bool:
+    """TA-Lib's TA_IS_ZERO_SCALED: |x| within TA_EPSILON of the operands' magnitude."""
+    return math.fabs(x) <= TA_EPSILON * scale
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def true_range_nb(high: float, low: float, prev_close: float) -> float:
     """TA-Lib's TRANGE, same comparison order."""
     greatest = high - low

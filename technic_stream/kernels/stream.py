@@ -19,6 +19,7 @@ import numpy as np
 from numba import njit
 
 from technic_stream.kernels.common import (
+    FASTMATH,
     ADX,
     ATR,
     BB,
@@ -41,6 +42,7 @@ from technic_stream.kernels.common import (
     WMA,
     is_zero_nb,
     is_zero_or_neg_nb,
+    is_zero_scaled_nb,
     true_range_nb,
 )
 
@@ -58,7 +60,7 @@ NAN = np.nan
 # ``qi``; the values live in a ring at ``qv`` (bar j at slot j % cap), written by the caller.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max):
     head = int(st[r, hs])
     tail = int(st[r, hs + 1])
@@ -78,7 +80,7 @@ def _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max):
     return st[r, qv + int(st[r, qi + head % cap]) % cap]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _dq_rebuild_nb(st, r, hs, qi, qv, cap, k, n, is_max):
     """Rebuild the deque of the window that ends at bar k - 1."""
     st[r, hs] = 0.0
@@ -91,7 +93,7 @@ def _dq_rebuild_nb(st, r, hs, qi, qv, cap, k, n, is_max):
 # write its outputs to out[b, oc:]. ip / fp are the indicator's int / float parameters.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _sma_nb(st, r, s, q, ip, k, x, out, b, oc):
     n = ip[0]
     cap = n + 1
@@ -105,7 +107,7 @@ def _sma_nb(st, r, s, q, ip, k, x, out, b, oc):
     out[b, oc] = value / n
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _ema_nb(st, r, s, ip, k, x, out, b, oc):
     n = ip[0]
     if k < n:
@@ -120,7 +122,7 @@ def _ema_nb(st, r, s, ip, k, x, out, b, oc):
     out[b, oc] = st[r, s]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _wma_nb(st, r, s, q, ip, k, x, out, b, oc):
     n = ip[0]
     cap = n + 1
@@ -133,16 +135,24 @@ def _wma_nb(st, r, s, q, ip, k, x, out, b, oc):
         st[r, s + 1] += x * (k + 1)
         out[b, oc] = NAN
         return
-    divider = float((n * (n + 1)) >> 1)
+    divider = float(n) * (n + 1) / 2.0
     st[r, s] += x
     st[r, s] -= st[r, s + 2]
     st[r, s + 1] += x * n
+    if (k - n + 2) % (8 * n) == 0:
+        # TA-Lib 0.6 re-anchors both totals from the window every 8 * n outputs.
+        st[r, s] = 0.0
+        st[r, s + 1] = 0.0
+        for w in range(1, n + 1):
+            y = st[r, q + (k - n + w) % cap]
+            st[r, s] += y
+            st[r, s + 1] += y * w
     st[r, s + 2] = st[r, q + (k - n + 1) % cap]
     out[b, oc] = st[r, s + 1] / divider
     st[r, s + 1] -= st[r, s]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _rsi_value_nb(gain, loss):
     total = gain + loss
     if not is_zero_nb(total):
@@ -150,7 +160,7 @@ def _rsi_value_nb(gain, loss):
     return 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _rsi_nb(st, r, s, ip, k, x, out, b, oc):
     n = ip[0]
     if k == 0:
@@ -181,7 +191,7 @@ def _rsi_nb(st, r, s, ip, k, x, out, b, oc):
     out[b, oc] = _rsi_value_nb(st[r, s + 1], st[r, s + 2])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _macd_nb(st, r, s, ip, k, x, out, b, oc):
     fast = ip[0]
     slow = ip[1]
@@ -223,11 +233,13 @@ def _macd_nb(st, r, s, ip, k, x, out, b, oc):
     out[b, oc + 2] = line - st[r, s + 4]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stddev_window_nb(st, r, s, q, n, k, x):
     """Population std of the last n values by shifted sums; NaN until n values.
 
     Scalars at s: shift, sum of (x - shift), sum of (x - shift)^2. Ring at q (n + 1).
+    Every n bars the shift moves to the window's oldest value and both sums are
+    taken afresh from the ring, so neither drift nor a far-away shift builds up.
     """
     cap = n + 1
     if k == 0:
@@ -240,6 +252,21 @@ def _stddev_window_nb(st, r, s, q, n, k, x):
         return NAN
     mean = st[r, s + 1] / n
     var = st[r, s + 2] / n - mean * mean
+    # Re-anchor every n bars, and at once when cancellation may have eaten digits
+    # (variance tiny next to the shifted second moment, e.g. a flat run after a gap).
+    if (k - n + 1) % n == 0 or var * 1e6 < st[r, s + 2] / n:
+        shift = st[r, q + (k - n + 1) % cap]
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(k - n + 1, k + 1):
+            e = st[r, q + j % cap] - shift
+            s1 += e
+            s2 += e * e
+        st[r, s] = shift
+        st[r, s + 1] = s1
+        st[r, s + 2] = s2
+        mean = s1 / n
+        var = s2 / n - mean * mean
     old = st[r, q + (k - n + 1) % cap] - st[r, s]
     st[r, s + 1] -= old
     st[r, s + 2] -= old * old
@@ -248,7 +275,7 @@ def _stddev_window_nb(st, r, s, q, n, k, x):
     return math.sqrt(var)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _bb_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
     n = ip[0]
     nbdev = fp[0]
@@ -273,13 +300,13 @@ def _bb_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
     out[b, oc + 4] = span / mid if mid != 0.0 else NAN
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stddev_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
     std = _stddev_window_nb(st, r, s, q, ip[0], k, x)
     out[b, oc] = std * fp[0] if k >= ip[0] - 1 else NAN
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _atr_nb(st, r, s, ip, k, h, l, c, out, b, oc, natr):
     n = ip[0]
     if k == 0:
@@ -305,13 +332,13 @@ def _atr_nb(st, r, s, ip, k, h, l, c, out, b, oc, natr):
         out[b, oc] = atr
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stoch_layout_nb(q, fk, sk):
     cap = fk + 1
     return cap, q, q + cap, q + 2 * cap, q + 3 * cap, q + 4 * cap, q + 4 * cap + sk + 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stoch_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
     fk = ip[0]
     sk = ip[1]
@@ -349,7 +376,7 @@ def _stoch_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
     out[b, oc + 1] = slow_d
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _adx_nb(st, r, s, ip, k, h, l, c, out, b, oc):
     n = ip[0]
     # scalars: prev high, prev low, prev close, +DM, -DM, TR, sum DX, ADX
@@ -407,7 +434,7 @@ def _adx_nb(st, r, s, ip, k, h, l, c, out, b, oc):
     out[b, oc] = st[r, s + 7]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _obv_nb(st, r, s, k, c, v, out, b, oc):
     if k == 0:
         st[r, s] = v
@@ -419,7 +446,7 @@ def _obv_nb(st, r, s, k, c, v, out, b, oc):
     out[b, oc] = st[r, s]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _roc_nb(st, r, q, ip, k, x, out, b, oc):
     n = ip[0]
     cap = n + 1
@@ -431,16 +458,16 @@ def _roc_nb(st, r, q, ip, k, x, out, b, oc):
     out[b, oc] = ((x / prev) - 1.0) * 100.0 if prev != 0.0 else 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _mfi_nb(st, r, s, q, ip, k, h, l, c, v, out, b, oc):
+    """TA-Lib 0.6 MFI: scaled dead-zone on the typical-price change, and the sums
+    reset to exact zero once a whole period has carried no money flow."""
     n = ip[0]
     cap = n + 1
     qp = q
     qn = q + cap
-    tp = h
-    tp += l
-    tp += c
-    tp /= 3.0
+    # scalars: previous typical price, positive sum, negative sum, null run
+    tp = (h + l + c) / 3.0
     if k == 0:
         st[r, s] = tp
         out[b, oc] = NAN
@@ -449,27 +476,34 @@ def _mfi_nb(st, r, s, q, ip, k, h, l, c, v, out, b, oc):
         st[r, s + 1] -= st[r, qp + (k - n) % cap]
         st[r, s + 2] -= st[r, qn + (k - n) % cap]
     diff = tp - st[r, s]
+    scale = math.fabs(tp) + math.fabs(st[r, s])
     st[r, s] = tp
-    flow = tp * v
-    if diff < 0:
-        st[r, qn + k % cap] = flow
-        st[r, qp + k % cap] = 0.0
-        st[r, s + 2] += flow
-    elif diff > 0:
-        st[r, qp + k % cap] = flow
-        st[r, qn + k % cap] = 0.0
-        st[r, s + 1] += flow
-    else:
-        st[r, qp + k % cap] = 0.0
-        st[r, qn + k % cap] = 0.0
+    flow = 0.0 if is_zero_scaled_nb(diff, scale) else tp * v
+    pos = 0.0 if diff < 0.0 else flow
+    neg = flow if diff < 0.0 else 0.0
+    st[r, qp + k % cap] = pos
+    st[r, qn + k % cap] = neg
+    st[r, s + 1] += pos
+    st[r, s + 2] += neg
+    st[r, s + 3] = st[r, s + 3] + 1.0 if flow == 0.0 else 0.0
+    if st[r, s + 3] >= n:
+        st[r, s + 3] = n
+        st[r, s + 1] = 0.0
+        st[r, s + 2] = 0.0
     if k < n:
         out[b, oc] = NAN
         return
-    total = st[r, s + 1] + st[r, s + 2]
-    out[b, oc] = 0.0 if total < 1.0 else 100.0 * (st[r, s + 1] / total)
+    out[b, oc] = _mfi_value_nb(st[r, s + 1], st[r, s + 2])
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _mfi_value_nb(pos, neg):
+    total = pos + neg
+    clamped = 0.0 if pos < 0.0 else (total if pos > total else pos)
+    return 0.0 if total <= 0.0 else 100.0 * (clamped / total)
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _cci_nb(st, r, q, ip, k, h, l, c, out, b, oc):
     n = ip[0]
     cap = n + 1
@@ -480,19 +514,25 @@ def _cci_nb(st, r, q, ip, k, h, l, c, out, b, oc):
         return
     # Sum in TA-Lib's circular-buffer order: slot 0..n-1 of a buffer where bar j sits at j % n.
     avg = 0.0
+    magnitude = 0.0
     for slot in range(n):
         j = k - ((k - slot) % n)
         avg += st[r, q + j % cap]
+        magnitude += math.fabs(st[r, q + j % cap])
     avg /= n
     dev = 0.0
     for slot in range(n):
         j = k - ((k - slot) % n)
         dev += math.fabs(st[r, q + j % cap] - avg)
     num = tp - avg
-    out[b, oc] = num / (0.015 * (dev / n)) if num != 0.0 and dev != 0.0 else 0.0
+    # TA-Lib 0.8.1: the deviation's dead-zone scales with the window's magnitude.
+    if is_zero_nb(num) or is_zero_scaled_nb(dev, magnitude):
+        out[b, oc] = 0.0
+    else:
+        out[b, oc] = num / (0.015 * (dev / n))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _hilo_nb(st, r, s, q, n, k, h, l):
     """Rolling highest high and lowest low over n bars (two deques)."""
     cap = n + 1
@@ -505,7 +545,7 @@ def _hilo_nb(st, r, s, q, n, k, h, l):
     return hi, lo
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _willr_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
     n = ip[0]
     hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
@@ -516,7 +556,7 @@ def _willr_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
     out[b, oc] = (hi - c) / diff if diff != 0.0 else 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _donchian_nb(st, r, s, q, ip, k, h, l, out, b, oc):
     n = ip[0]
     hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
@@ -530,7 +570,7 @@ def _donchian_nb(st, r, s, q, ip, k, h, l, out, b, oc):
     out[b, oc + 2] = (hi + lo) / 2.0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _vwap_nb(st, r, s, ip, t, h, l, c, v, out, b, oc):
     session = (t - ip[1]) // ip[0]
     if session != st[r, s] or (st[r, s + 1] == 0.0 and st[r, s + 2] == 0.0):
@@ -543,7 +583,7 @@ def _vwap_nb(st, r, s, ip, t, h, l, c, v, out, b, oc):
     out[b, oc] = st[r, s + 1] / st[r, s + 2] if st[r, s + 2] > 0.0 else NAN
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _relvol_nb(st, r, s, q, ip, k, v, out, b, oc):
     n = ip[0]
     cap = n + 1
@@ -561,7 +601,7 @@ def _relvol_nb(st, r, s, q, ip, k, v, out, b, oc):
         st[r, s + 1] = value / n
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _rebuild_deques_nb(code, st, r, s, q, ip, k):
     if code == STOCH:
         fk = ip[0]
@@ -575,7 +615,7 @@ def _rebuild_deques_nb(code, st, r, s, q, ip, k):
         _dq_rebuild_nb(st, r, s + 2, q + 3 * cap, q + cap, cap, k, n, False)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def apply_bars_nb(
     codes,
     iparams,
