@@ -114,6 +114,8 @@ class IndicatorState:
     ) -> BatchResult:
         """Apply bars (arrival order) to the rows given; one kernel call for the batch."""
         n = rows.shape[0]
+        if n and (int(rows.min()) < 0 or int(rows.max()) >= len(self._names)):
+            raise IndexError(f"rows must be registered symbols (0..{len(self._names) - 1})")
         if out is None:
             out = np.empty((n, self.plan.n_outputs))
         status = np.empty(n, dtype=np.int8)

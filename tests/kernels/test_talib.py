@@ -20,7 +20,7 @@ STD_FAMILY = ("stddev", "bb")
 
 def stream(plan: IndicatorPlan, ts, o, h, lo, c, v) -> dict[str, np.ndarray]:
     state = IndicatorState(plan)
-    rows = np.zeros(len(ts), dtype=np.int64)
+    rows = np.full(len(ts), state.row("X"), dtype=np.int64)
     res = state.apply(rows, ts, o, h, lo, c, v)
     assert res.applied == len(ts) and res.corrected == 0 and res.skipped == 0
     return {name: res.out[:, i] for i, name in enumerate(plan.output_names)}
