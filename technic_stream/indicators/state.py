@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
-from numba import njit
 
 from technic_stream.errors import TechnicStreamError
 from technic_stream.indicators.plan import IndicatorPlan
-from technic_stream.kernels.common import FASTMATH
-from technic_stream.kernels.stream import SKIPPED, apply_bars_nb
+from technic_stream.kernels.stream import apply_bars_nb, store_latest_nb
 
 __all__ = ["BatchResult", "IndicatorState", "StateVersionError"]
 
@@ -34,13 +33,6 @@ class BatchResult:
     applied: int
     corrected: int
     skipped: int
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _store_latest_nb(sym, status, out, latest):
-    for b in range(sym.shape[0]):
-        if status[b] != SKIPPED:
-            latest[sym[b], :] = out[b, :]
 
 
 class IndicatorState:
@@ -132,7 +124,7 @@ class IndicatorState:
             np.ascontiguousarray(volume, dtype=np.float64),
             out, status,
         )  # fmt: skip
-        _store_latest_nb(rows, status, out, self.latest)
+        store_latest_nb(rows, status, out, self.latest)
         return BatchResult(out, status, int(applied), int(corrected), int(skipped))
 
     def values(self, symbol: str) -> dict[str, float]:
@@ -155,10 +147,10 @@ class IndicatorState:
         names = orjson.dumps(self._names)
         header = _HEADER.pack(_MAGIC, _FORMAT, self.plan.fingerprint.encode(), n, len(names))
         parts = [header, names]
-        for a in (self.state, self.prev, self.latest):
-            parts.append(np.ascontiguousarray(a[:n], dtype="<f8").tobytes())
-        for a in (self.last_ts, self.count):
-            parts.append(np.ascontiguousarray(a[:n], dtype="<i8").tobytes())
+        for f in (self.state, self.prev, self.latest):
+            parts.append(np.ascontiguousarray(f[:n], dtype="<f8").tobytes())
+        for i in (self.last_ts, self.count):
+            parts.append(np.ascontiguousarray(i[:n], dtype="<i8").tobytes())
         return b"".join(parts)
 
     @classmethod
@@ -177,7 +169,7 @@ class IndicatorState:
         at += names_len
         state = cls(plan, capacity=max(1, n))
 
-        def take(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        def take(shape: tuple[int, ...], dtype: str) -> Any:
             nonlocal at
             size = int(np.prod(shape)) * 8
             if at + size > len(data):

@@ -187,7 +187,7 @@ def macd_1d_nb(x, fast, slow, sig):
 
 @njit(cache=True, fastmath=FASTMATH)
 def stddev_1d_nb(x, n, nbdev):
-    """Population standard deviation by sums shifted by the first value (× nbdev)."""
+    """Population standard deviation by sums shifted by the first value (x nbdev)."""
     size = x.shape[0]
     out = _nan_nb(size)
     if size == 0:

@@ -19,13 +19,13 @@ import numpy as np
 from numba import njit
 
 from technic_stream.kernels.common import (
-    FASTMATH,
     ADX,
     ATR,
     BB,
     CCI,
     DONCHIAN,
     EMA,
+    FASTMATH,
     MACD,
     MFI,
     NATR,
@@ -46,7 +46,7 @@ from technic_stream.kernels.common import (
     true_range_nb,
 )
 
-__all__ = ["APPLIED", "CORRECTED", "SKIPPED", "apply_bars_nb"]
+__all__ = ["APPLIED", "CORRECTED", "SKIPPED", "apply_bars_nb", "store_latest_nb"]
 
 APPLIED = 0
 CORRECTED = 1
@@ -307,13 +307,13 @@ def _stddev_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _atr_nb(st, r, s, ip, k, h, l, c, out, b, oc, natr):
+def _atr_nb(st, r, s, ip, k, h, lo_, c, out, b, oc, natr):
     n = ip[0]
     if k == 0:
         st[r, s] = c
         out[b, oc] = NAN
         return
-    tr = true_range_nb(h, l, st[r, s])
+    tr = true_range_nb(h, lo_, st[r, s])
     st[r, s] = c
     if k <= n:
         st[r, s + 1] += tr
@@ -339,13 +339,13 @@ def _stoch_layout_nb(q, fk, sk):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stoch_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
+def _stoch_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
     fk = ip[0]
     sk = ip[1]
     sd = ip[2]
     cap, qh, ql, qih, qil, qfk, qsk = _stoch_layout_nb(q, fk, sk)
     st[r, qh + k % cap] = h
-    st[r, ql + k % cap] = l
+    st[r, ql + k % cap] = lo_
     hi = _dq_push_nb(st, r, s, qih, qh, cap, k, fk, True)
     lo = _dq_push_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
     if k < fk - 1:
@@ -377,21 +377,21 @@ def _stoch_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _adx_nb(st, r, s, ip, k, h, l, c, out, b, oc):
+def _adx_nb(st, r, s, ip, k, h, lo_, c, out, b, oc):
     n = ip[0]
     # scalars: prev high, prev low, prev close, +DM, -DM, TR, sum DX, ADX
     if k == 0:
         st[r, s] = h
-        st[r, s + 1] = l
+        st[r, s + 1] = lo_
         st[r, s + 2] = c
         out[b, oc] = NAN
         out[b, oc + 1] = NAN
         out[b, oc + 2] = NAN
         return
     diff_p = h - st[r, s]
-    diff_m = st[r, s + 1] - l
+    diff_m = st[r, s + 1] - lo_
     st[r, s] = h
-    st[r, s + 1] = l
+    st[r, s + 1] = lo_
     if k >= n:
         st[r, s + 4] -= st[r, s + 4] / n
         st[r, s + 3] -= st[r, s + 3] / n
@@ -399,7 +399,7 @@ def _adx_nb(st, r, s, ip, k, h, l, c, out, b, oc):
         st[r, s + 4] += diff_m
     elif diff_p > 0 and diff_p > diff_m:
         st[r, s + 3] += diff_p
-    tr = true_range_nb(h, l, st[r, s + 2])
+    tr = true_range_nb(h, lo_, st[r, s + 2])
     if k < n:
         st[r, s + 5] += tr
     else:
@@ -459,7 +459,7 @@ def _roc_nb(st, r, q, ip, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _mfi_nb(st, r, s, q, ip, k, h, l, c, v, out, b, oc):
+def _mfi_nb(st, r, s, q, ip, k, h, lo_, c, v, out, b, oc):
     """TA-Lib 0.6 MFI: scaled dead-zone on the typical-price change, and the sums
     reset to exact zero once a whole period has carried no money flow."""
     n = ip[0]
@@ -467,7 +467,7 @@ def _mfi_nb(st, r, s, q, ip, k, h, l, c, v, out, b, oc):
     qp = q
     qn = q + cap
     # scalars: previous typical price, positive sum, negative sum, null run
-    tp = (h + l + c) / 3.0
+    tp = (h + lo_ + c) / 3.0
     if k == 0:
         st[r, s] = tp
         out[b, oc] = NAN
@@ -504,10 +504,10 @@ def _mfi_value_nb(pos, neg):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _cci_nb(st, r, q, ip, k, h, l, c, out, b, oc):
+def _cci_nb(st, r, q, ip, k, h, lo_, c, out, b, oc):
     n = ip[0]
     cap = n + 1
-    tp = (h + l + c) / 3.0
+    tp = (h + lo_ + c) / 3.0
     st[r, q + k % cap] = tp
     if k < n - 1:
         out[b, oc] = NAN
@@ -533,22 +533,22 @@ def _cci_nb(st, r, q, ip, k, h, l, c, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _hilo_nb(st, r, s, q, n, k, h, l):
+def _hilo_nb(st, r, s, q, n, k, h, lo_):
     """Rolling highest high and lowest low over n bars (two deques)."""
     cap = n + 1
     qh = q
     ql = q + cap
     st[r, qh + k % cap] = h
-    st[r, ql + k % cap] = l
+    st[r, ql + k % cap] = lo_
     hi = _dq_push_nb(st, r, s, q + 2 * cap, qh, cap, k, n, True)
     lo = _dq_push_nb(st, r, s + 2, q + 3 * cap, ql, cap, k, n, False)
     return hi, lo
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _willr_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
+def _willr_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
     n = ip[0]
-    hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
+    hi, lo = _hilo_nb(st, r, s, q, n, k, h, lo_)
     if k < n - 1:
         out[b, oc] = NAN
         return
@@ -557,9 +557,9 @@ def _willr_nb(st, r, s, q, ip, k, h, l, c, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _donchian_nb(st, r, s, q, ip, k, h, l, out, b, oc):
+def _donchian_nb(st, r, s, q, ip, k, h, lo_, out, b, oc):
     n = ip[0]
-    hi, lo = _hilo_nb(st, r, s, q, n, k, h, l)
+    hi, lo = _hilo_nb(st, r, s, q, n, k, h, lo_)
     if k < n - 1:
         out[b, oc] = NAN
         out[b, oc + 1] = NAN
@@ -571,13 +571,13 @@ def _donchian_nb(st, r, s, q, ip, k, h, l, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _vwap_nb(st, r, s, ip, t, h, l, c, v, out, b, oc):
+def _vwap_nb(st, r, s, ip, t, h, lo_, c, v, out, b, oc):
     session = (t - ip[1]) // ip[0]
     if session != st[r, s] or (st[r, s + 1] == 0.0 and st[r, s + 2] == 0.0):
         st[r, s] = session
         st[r, s + 1] = 0.0
         st[r, s + 2] = 0.0
-    tp = (h + l + c) / 3.0
+    tp = (h + lo_ + c) / 3.0
     st[r, s + 1] += tp * v
     st[r, s + 2] += v
     out[b, oc] = st[r, s + 1] / st[r, s + 2] if st[r, s + 2] > 0.0 else NAN
@@ -608,11 +608,19 @@ def _rebuild_deques_nb(code, st, r, s, q, ip, k):
         cap, qh, ql, qih, qil, _, _ = _stoch_layout_nb(q, fk, ip[1])
         _dq_rebuild_nb(st, r, s, qih, qh, cap, k, fk, True)
         _dq_rebuild_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
-    elif code == WILLR or code == DONCHIAN:
+    elif code in (WILLR, DONCHIAN):
         n = ip[0]
         cap = n + 1
         _dq_rebuild_nb(st, r, s, q + 2 * cap, q, cap, k, n, True)
         _dq_rebuild_nb(st, r, s + 2, q + 3 * cap, q + cap, cap, k, n, False)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def store_latest_nb(sym, status, out, latest):
+    """Copy each applied or corrected bar's outputs to its symbol's row of ``latest``."""
+    for b in range(sym.shape[0]):
+        if status[b] != SKIPPED:
+            latest[sym[b], :] = out[b, :]
 
 
 @njit(cache=True, fastmath=FASTMATH)

@@ -63,8 +63,11 @@ def reference(spec: IndicatorSpec, ts, o, h, lo, c, v) -> dict[str, np.ndarray]:
     elif n == "stoch":
         arrays = talib.STOCH(h, lo, c, p[0], p[1], 0, p[2], 0)
     elif n == "adx":
-        arrays = (talib.ADX(h, lo, c, p[0]), talib.PLUS_DI(h, lo, c, p[0]),
-                  talib.MINUS_DI(h, lo, c, p[0]))
+        arrays = (
+            talib.ADX(h, lo, c, p[0]),
+            talib.PLUS_DI(h, lo, c, p[0]),
+            talib.MINUS_DI(h, lo, c, p[0]),
+        )
     elif n == "obv":
         arrays = (talib.OBV(c, v),)
     elif n == "roc":
@@ -93,9 +96,16 @@ def reference(spec: IndicatorSpec, ts, o, h, lo, c, v) -> dict[str, np.ndarray]:
     return dict(zip(spec.output_names, (np.asarray(a, dtype=float) for a in arrays), strict=True))
 
 
-def assert_matches(name: str, ours: np.ndarray, ref: np.ndarray, *, volume_scaled: bool,
-                   tol: float = 1e-9, scale: np.ndarray | None = None,
-                   level: np.ndarray | None = None) -> None:
+def assert_matches(
+    name: str,
+    ours: np.ndarray,
+    ref: np.ndarray,
+    *,
+    volume_scaled: bool,
+    tol: float = 1e-9,
+    scale: np.ndarray | None = None,
+    level: np.ndarray | None = None,
+) -> None:
     """NaN exactly where the reference is NaN; ≤ tol absolute (relative for volume units),
     or 4 ulps of the value where that is larger.
 

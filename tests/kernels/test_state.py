@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from technic_stream.indicators import IndicatorPlan, IndicatorState, StateVersionError
 from technic_stream.kernels import APPLIED, CORRECTED, SKIPPED
-
 from tests.kernels.conftest import ohlcv
-from tests.kernels.reference import FULL_SET, FIVE_SET
+from tests.kernels.reference import FIVE_SET, FULL_SET
 
 PLAN = IndicatorPlan.parse(FULL_SET)
 
@@ -49,8 +48,11 @@ def test_corrected_bar_equals_a_series_that_only_ever_had_the_correction(bars, d
     # Arrival: bars up to `at` as first printed, then the corrected bar, then the rest.
     state = IndicatorState(PLAN)
     state.row("X")
-    res1 = run(state, np.zeros(at + 1), tuple(np.concatenate([b[:at], w[at : at + 1]])
-                                               for b, w in zip(bars, wrong, strict=True)))
+    res1 = run(
+        state,
+        np.zeros(at + 1),
+        tuple(np.concatenate([b[:at], w[at : at + 1]]) for b, w in zip(bars, wrong, strict=True)),
+    )
     res2 = run(state, np.zeros(n - at), take(bars, slice(at, n)))
     assert res2.corrected == 1 and res2.status[0] == CORRECTED
     assert (res2.status[1:] == APPLIED).all()
@@ -76,8 +78,12 @@ def test_checkpoint_restore_continue_equals_never_stopping(bars, data):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(a=ohlcv(min_size=1, max_size=80), b=ohlcv(min_size=1, max_size=80),
-       c=ohlcv(min_size=1, max_size=80), seed=st.integers(0, 2**32 - 1))
+@given(
+    a=ohlcv(min_size=1, max_size=80),
+    b=ohlcv(min_size=1, max_size=80),
+    c=ohlcv(min_size=1, max_size=80),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_interleaved_symbols_equal_each_symbol_alone(a, b, c, seed):
     series = [a, b, c]
     rng = np.random.default_rng(seed)
@@ -117,8 +123,11 @@ def test_older_bars_are_skipped_counted_and_change_nothing(sample):
 def test_growing_keeps_existing_rows(sample):
     state = IndicatorState(IndicatorPlan.parse(FIVE_SET), capacity=2)
     d = sample["MSFT"]
-    run(state, np.full(40, state.row("MSFT")), (d.ts[:40], d.open[:40], d.high[:40],
-                                                d.low[:40], d.close[:40], d.volume[:40]))
+    run(
+        state,
+        np.full(40, state.row("MSFT")),
+        (d.ts[:40], d.open[:40], d.high[:40], d.low[:40], d.close[:40], d.volume[:40]),
+    )
     snapshot = state.values("MSFT")
     for i in range(100):
         state.row(f"S{i}")
@@ -133,8 +142,18 @@ def test_readiness_follows_talib_lookbacks(sample):
     d = sample["AAPL"]
     r = state.row("AAPL")
     for i in range(40):
-        run(state, [r], (d.ts[i : i + 1], d.open[i : i + 1], d.high[i : i + 1],
-                         d.low[i : i + 1], d.close[i : i + 1], d.volume[i : i + 1]))
+        run(
+            state,
+            [r],
+            (
+                d.ts[i : i + 1],
+                d.open[i : i + 1],
+                d.high[i : i + 1],
+                d.low[i : i + 1],
+                d.close[i : i + 1],
+                d.volume[i : i + 1],
+            ),
+        )
         ready = state.ready("AAPL")
         values = state.values("AAPL")
         seen = i + 1

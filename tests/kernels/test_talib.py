@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 
 from technic_stream.indicators import INDICATORS, IndicatorPlan, IndicatorState
 from technic_stream.indicators.series import batch_outputs
-
 from tests.kernels.conftest import ohlcv
 from tests.kernels.reference import FULL_SET, assert_matches, reference
 
@@ -84,6 +83,4 @@ def test_random_series_match_talib_and_batch_exactly(bars):
             assert_matches(name, masked_ours, masked_ref, volume_scaled=True, level=c)
         if spec.name == "stddev":
             nbdev = spec.params[1]
-            assert_matches(
-                str(spec), ours[spec.key], exact * nbdev, volume_scaled=False, scale=c
-            )
+            assert_matches(str(spec), ours[spec.key], exact * nbdev, volume_scaled=False, scale=c)
