@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint schemas clean
+.PHONY: install demo test test-unit test-integration lint schemas bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/kernels.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

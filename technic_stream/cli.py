@@ -41,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
     tsub.add_parser("create", help="create the missing topics (TECHNIC_PARTITIONS each)")
     tsub.add_parser("names", help="print the topic names for the configured prefix")
 
+    ind = sub.add_parser(
+        "indicators",
+        help="run a CSV/Parquet of OHLCV bars through the streaming kernels",
+        description="Writes the input columns plus one column per indicator output "
+        "(empty where not ready). Columns by name, any case: symbol (optional), "
+        "date/ts, open, high, low, close, volume.",
+    )
+    ind.add_argument("file", type=Path)
+    ind.add_argument(
+        "--indicators",
+        default="ema(20), rsi(14), macd(12,26,9), bb(20,2), atr(14)",
+        help='e.g. "ema(20),rsi(14),macd(12,26,9),bb(20,2)"',
+    )
+    ind.add_argument("--symbol", help="only this symbol's rows")
+    ind.add_argument("--out", type=Path, help="output CSV (default: standard output)")
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -90,6 +106,20 @@ def _cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_indicators(args: argparse.Namespace) -> int:
+    from technic_stream.indicators.cli import run_indicators
+
+    if args.out is None:
+        run_indicators(args.file, args.indicators, symbol=args.symbol, out=sys.stdout)
+        return 0
+    tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        n = run_indicators(args.file, args.indicators, symbol=args.symbol, out=fh)
+    tmp.replace(args.out)
+    print(f"wrote {n} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _cmd_config(settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -107,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schemas":
             return _cmd_schemas(args)
+        if args.command == "indicators":
+            return _cmd_indicators(args)
         settings = load_settings()
         if args.command == "up":
             return _cmd_up(settings, args)
@@ -114,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_topics(settings, args)
         if args.command == "config":
             return _cmd_config(settings)
+    except ValueError as exc:  # IndicatorError and friends: one clear line
+        print(f"technic-stream: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"technic-stream: {exc}", file=sys.stderr)
         return 2
