@@ -11,7 +11,7 @@ import orjson
 
 from technic_stream.errors import TechnicStreamError
 from technic_stream.indicators.plan import IndicatorPlan
-from technic_stream.kernels.stream import apply_bars_nb, store_latest_nb
+from technic_stream.kernels.stream import apply_bars_nb
 
 __all__ = ["BatchResult", "IndicatorState", "StateVersionError"]
 
@@ -106,13 +106,11 @@ class IndicatorState:
     ) -> BatchResult:
         """Apply bars (arrival order) to the rows given; one kernel call for the batch."""
         n = rows.shape[0]
-        if n and (int(rows.min()) < 0 or int(rows.max()) >= len(self._names)):
-            raise IndexError(f"rows must be registered symbols (0..{len(self._names) - 1})")
         if out is None:
             out = np.empty((n, self.plan.n_outputs))
         status = np.empty(n, dtype=np.int8)
         p = self.plan
-        applied, corrected, skipped = apply_bars_nb(
+        applied, corrected, skipped, bad = apply_bars_nb(
             p.codes, p.iparams, p.fparams, p.soff, p.roff, p.ooff, p.nscalar,
             self.state, self.prev, self.last_ts, self.count,
             np.ascontiguousarray(rows, dtype=np.int64),
@@ -122,9 +120,13 @@ class IndicatorState:
             np.ascontiguousarray(low, dtype=np.float64),
             np.ascontiguousarray(close, dtype=np.float64),
             np.ascontiguousarray(volume, dtype=np.float64),
-            out, status,
+            out, status, self.latest, len(self._names),
         )  # fmt: skip
-        store_latest_nb(rows, status, out, self.latest)
+        if bad >= 0:
+            raise IndexError(
+                f"bar {bad}: row {int(rows[bad])} is not a registered symbol "
+                f"(0..{len(self._names) - 1}); bars before it were applied"
+            )
         return BatchResult(out, status, int(applied), int(corrected), int(skipped))
 
     def values(self, symbol: str) -> dict[str, float]:

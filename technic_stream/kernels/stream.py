@@ -46,7 +46,7 @@ from technic_stream.kernels.common import (
     true_range_nb,
 )
 
-__all__ = ["APPLIED", "CORRECTED", "SKIPPED", "apply_bars_nb", "store_latest_nb"]
+__all__ = ["APPLIED", "CORRECTED", "SKIPPED", "apply_bars_nb"]
 
 APPLIED = 0
 CORRECTED = 1
@@ -55,61 +55,81 @@ SKIPPED = 2
 NAN = np.nan
 
 
-# Monotonic deques (rolling max / min in O(1) amortised) --------------------------------
-# Layout: two scalars (head, tail counters) at ``hs``; an index ring of ``cap`` slots at
-# ``qi``; the values live in a ring at ``qv`` (bar j at slot j % cap), written by the caller.
+# Ring slots. A ring of ``cap`` slots holds bar j at slot j % cap. Each kernel takes one
+# modulo per ring per bar (``pos`` = slot of the current bar) and derives the others with
+# _back, because a 64-bit hardware divide costs tens of cycles.
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max):
+def _back(pos, d, cap):
+    """Slot of the bar ``d`` bars before the one at slot ``pos`` (0 <= d < cap)."""
+    slot = pos - d
+    return slot + cap if slot < 0 else slot
+
+
+# Monotonic deques (rolling max / min in O(1) amortised) --------------------------------
+# Layout: two scalars at ``hs`` (head slot, size); at ``qd`` a ring of ``cap`` bar indices
+# followed by a ring of ``cap`` values, so pushes compare without any division. The
+# caller keeps the series itself in a value ring at ``qv`` (for rebuilding after a
+# correction).
+
+
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _dq_push_nb(st, r, hs, qd, cap, j, x, n, is_max):
     head = int(st[r, hs])
-    tail = int(st[r, hs + 1])
-    while tail > head and int(st[r, qi + head % cap]) <= j - n:
+    size = int(st[r, hs + 1])
+    qval = qd + cap
+    while size > 0 and st[r, qd + head] <= j - n:
         head += 1
-    x = st[r, qv + j % cap]
-    if is_max:
-        while tail > head and st[r, qv + int(st[r, qi + (tail - 1) % cap]) % cap] <= x:
-            tail -= 1
-    else:
-        while tail > head and st[r, qv + int(st[r, qi + (tail - 1) % cap]) % cap] >= x:
-            tail -= 1
-    st[r, qi + tail % cap] = j
-    tail += 1
+        if head == cap:
+            head = 0
+        size -= 1
+    while size > 0:
+        back = head + size - 1
+        if back >= cap:
+            back -= cap
+        y = st[r, qval + back]
+        if (y <= x) if is_max else (y >= x):
+            size -= 1
+        else:
+            break
+    tail = head + size
+    if tail >= cap:
+        tail -= cap
+    st[r, qd + tail] = j
+    st[r, qval + tail] = x
     st[r, hs] = head
-    st[r, hs + 1] = tail
-    return st[r, qv + int(st[r, qi + head % cap]) % cap]
+    st[r, hs + 1] = size + 1
+    return st[r, qval + head]
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _dq_rebuild_nb(st, r, hs, qi, qv, cap, k, n, is_max):
-    """Rebuild the deque of the window that ends at bar k - 1."""
+def _dq_rebuild_nb(st, r, hs, qd, qv, cap, k, n, is_max):
+    """Rebuild the deque of the window that ends at bar k - 1 from the value ring."""
     st[r, hs] = 0.0
     st[r, hs + 1] = 0.0
     for j in range(max(0, k - n), k):
-        _dq_push_nb(st, r, hs, qi, qv, cap, j, n, is_max)
-
-
-# One function per indicator: update the state with bar k of the symbol in row r and
-# write its outputs to out[b, oc:]. ip / fp are the indicator's int / float parameters.
+        _dq_push_nb(st, r, hs, qd, cap, j, st[r, qv + j % cap], n, is_max)
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _sma_nb(st, r, s, q, ip, k, x, out, b, oc):
-    n = ip[0]
+def _sma_nb(st, r, s, q, p0, p1, p2, k, x, out, b, oc):
+    n = p0
     cap = n + 1
-    st[r, q + k % cap] = x
+    pos = k % cap
+    st[r, q + pos] = x
     st[r, s] += x
     if k < n - 1:
         out[b, oc] = NAN
         return
     value = st[r, s]
-    st[r, s] -= st[r, q + (k - n + 1) % cap]
+    st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
     out[b, oc] = value / n
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _ema_nb(st, r, s, ip, k, x, out, b, oc):
-    n = ip[0]
+def _ema_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
+    n = p0
     if k < n:
         st[r, s + 1] += x
         if k < n - 1:
@@ -123,10 +143,11 @@ def _ema_nb(st, r, s, ip, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _wma_nb(st, r, s, q, ip, k, x, out, b, oc):
-    n = ip[0]
+def _wma_nb(st, r, s, q, p0, p1, p2, k, x, out, b, oc):
+    n = p0
     cap = n + 1
-    st[r, q + k % cap] = x
+    pos = k % cap
+    st[r, q + pos] = x
     if n == 1:
         out[b, oc] = x
         return
@@ -144,10 +165,10 @@ def _wma_nb(st, r, s, q, ip, k, x, out, b, oc):
         st[r, s] = 0.0
         st[r, s + 1] = 0.0
         for w in range(1, n + 1):
-            y = st[r, q + (k - n + w) % cap]
+            y = st[r, q + _back(pos, n - w, cap)]
             st[r, s] += y
             st[r, s + 1] += y * w
-    st[r, s + 2] = st[r, q + (k - n + 1) % cap]
+    st[r, s + 2] = st[r, q + _back(pos, n - 1, cap)]
     out[b, oc] = st[r, s + 1] / divider
     st[r, s + 1] -= st[r, s]
 
@@ -161,8 +182,8 @@ def _rsi_value_nb(gain, loss):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _rsi_nb(st, r, s, ip, k, x, out, b, oc):
-    n = ip[0]
+def _rsi_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
+    n = p0
     if k == 0:
         st[r, s] = x
         out[b, oc] = NAN
@@ -192,10 +213,10 @@ def _rsi_nb(st, r, s, ip, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _macd_nb(st, r, s, ip, k, x, out, b, oc):
-    fast = ip[0]
-    slow = ip[1]
-    sig = ip[2]
+def _macd_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
+    fast = p0
+    slow = p1
+    sig = p2
     if slow < fast:
         fast, slow = slow, fast
     # scalars: fast ema, slow ema, fast seed sum, slow seed sum, signal ema, signal seed sum
@@ -234,18 +255,18 @@ def _macd_nb(st, r, s, ip, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stddev_window_nb(st, r, s, q, n, k, x):
+def _stddev_window_nb(st, r, s, q, n, k, x, pos):
     """Population std of the last n values by shifted sums; NaN until n values.
 
-    Scalars at s: shift, sum of (x - shift), sum of (x - shift)^2. Ring at q (n + 1).
-    Every n bars the shift moves to the window's oldest value and both sums are
-    taken afresh from the ring, so neither drift nor a far-away shift builds up.
+    Scalars at s: shift, sum of (x - shift), sum of (x - shift)^2. Ring at q (n + 1),
+    with the current bar already written at ``pos``. Every n bars the shift moves to
+    the window's oldest value and both sums are taken afresh from the ring, so
+    neither drift nor a far-away shift builds up.
     """
     cap = n + 1
     if k == 0:
         st[r, s] = x
     d = x - st[r, s]
-    st[r, q + k % cap] = x
     st[r, s + 1] += d
     st[r, s + 2] += d * d
     if k < n - 1:
@@ -255,11 +276,11 @@ def _stddev_window_nb(st, r, s, q, n, k, x):
     # Re-anchor every n bars, and at once when cancellation may have eaten digits
     # (variance tiny next to the shifted second moment, e.g. a flat run after a gap).
     if (k - n + 1) % n == 0 or var * 1e6 < st[r, s + 2] / n:
-        shift = st[r, q + (k - n + 1) % cap]
+        shift = st[r, q + _back(pos, n - 1, cap)]
         s1 = 0.0
         s2 = 0.0
-        for j in range(k - n + 1, k + 1):
-            e = st[r, q + j % cap] - shift
+        for back in range(n - 1, -1, -1):
+            e = st[r, q + _back(pos, back, cap)] - shift
             s1 += e
             s2 += e * e
         st[r, s] = shift
@@ -267,7 +288,7 @@ def _stddev_window_nb(st, r, s, q, n, k, x):
         st[r, s + 2] = s2
         mean = s1 / n
         var = s2 / n - mean * mean
-    old = st[r, q + (k - n + 1) % cap] - st[r, s]
+    old = st[r, q + _back(pos, n - 1, cap)] - st[r, s]
     st[r, s + 1] -= old
     st[r, s + 2] -= old * old
     if is_zero_or_neg_nb(var):
@@ -276,19 +297,21 @@ def _stddev_window_nb(st, r, s, q, n, k, x):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _bb_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
-    n = ip[0]
-    nbdev = fp[0]
+def _bb_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
+    n = p0
+    nbdev = f0
     cap = n + 1
+    pos = k % cap
+    st[r, q + pos] = x
     # SMA total (TA-Lib order) at s; shifted sums at s+1..s+3; ring of x at q.
     st[r, s] += x
-    std = _stddev_window_nb(st, r, s + 1, q, n, k, x)
+    std = _stddev_window_nb(st, r, s + 1, q, n, k, x, pos)
     if k < n - 1:
         for i in range(5):
             out[b, oc + i] = NAN
         return
     mid = st[r, s] / n
-    st[r, s] -= st[r, q + (k - n + 1) % cap]
+    st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
     width = std * nbdev
     upper = mid + width
     lower = mid - width
@@ -301,14 +324,16 @@ def _bb_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stddev_nb(st, r, s, q, ip, fp, k, x, out, b, oc):
-    std = _stddev_window_nb(st, r, s, q, ip[0], k, x)
-    out[b, oc] = std * fp[0] if k >= ip[0] - 1 else NAN
+def _stddev_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
+    pos = k % (p0 + 1)
+    st[r, q + pos] = x
+    std = _stddev_window_nb(st, r, s, q, p0, k, x, pos)
+    out[b, oc] = std * f0 if k >= p0 - 1 else NAN
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _atr_nb(st, r, s, ip, k, h, lo_, c, out, b, oc, natr):
-    n = ip[0]
+def _atr_nb(st, r, s, p0, p1, p2, k, h, lo_, c, out, b, oc, natr):
+    n = p0
     if k == 0:
         st[r, s] = c
         out[b, oc] = NAN
@@ -334,20 +359,22 @@ def _atr_nb(st, r, s, ip, k, h, lo_, c, out, b, oc, natr):
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stoch_layout_nb(q, fk, sk):
+    """High ring, low ring, max deque (2 rings), min deque (2 rings), fast %K, slow %K."""
     cap = fk + 1
-    return cap, q, q + cap, q + 2 * cap, q + 3 * cap, q + 4 * cap, q + 4 * cap + sk + 1
+    return cap, q, q + cap, q + 2 * cap, q + 4 * cap, q + 6 * cap, q + 6 * cap + sk + 1
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stoch_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
-    fk = ip[0]
-    sk = ip[1]
-    sd = ip[2]
-    cap, qh, ql, qih, qil, qfk, qsk = _stoch_layout_nb(q, fk, sk)
-    st[r, qh + k % cap] = h
-    st[r, ql + k % cap] = lo_
-    hi = _dq_push_nb(st, r, s, qih, qh, cap, k, fk, True)
-    lo = _dq_push_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
+def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
+    fk = p0
+    sk = p1
+    sd = p2
+    cap, qh, ql, qdh, qdl, qfk, qsk = _stoch_layout_nb(q, fk, sk)
+    pos = k % cap
+    st[r, qh + pos] = h
+    st[r, ql + pos] = lo_
+    hi = _dq_push_nb(st, r, s, qdh, cap, k, h, fk, True)
+    lo = _dq_push_nb(st, r, s + 2, qdl, cap, k, lo_, fk, False)
     if k < fk - 1:
         out[b, oc] = NAN
         out[b, oc + 1] = NAN
@@ -355,30 +382,34 @@ def _stoch_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
     diff = (hi - lo) / 100.0
     fast_k = (c - lo) / diff if diff != 0.0 else 0.0
     j = k - (fk - 1)  # index into the fast %K series
-    st[r, qfk + j % (sk + 1)] = fast_k
+    kcap = sk + 1
+    kpos = j % kcap
+    st[r, qfk + kpos] = fast_k
     st[r, s + 4] += fast_k
     if j < sk - 1:
         out[b, oc] = NAN
         out[b, oc + 1] = NAN
         return
     slow_k = st[r, s + 4] / sk
-    st[r, s + 4] -= st[r, qfk + (j - sk + 1) % (sk + 1)]
+    st[r, s + 4] -= st[r, qfk + _back(kpos, sk - 1, kcap)]
     i = j - (sk - 1)  # index into the slow %K series
-    st[r, qsk + i % (sd + 1)] = slow_k
+    dcap = sd + 1
+    dpos = i % dcap
+    st[r, qsk + dpos] = slow_k
     st[r, s + 5] += slow_k
     if i < sd - 1:
         out[b, oc] = NAN
         out[b, oc + 1] = NAN
         return
     slow_d = st[r, s + 5] / sd
-    st[r, s + 5] -= st[r, qsk + (i - sd + 1) % (sd + 1)]
+    st[r, s + 5] -= st[r, qsk + _back(dpos, sd - 1, dcap)]
     out[b, oc] = slow_k
     out[b, oc + 1] = slow_d
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _adx_nb(st, r, s, ip, k, h, lo_, c, out, b, oc):
-    n = ip[0]
+def _adx_nb(st, r, s, p0, p1, p2, k, h, lo_, c, out, b, oc):
+    n = p0
     # scalars: prev high, prev low, prev close, +DM, -DM, TR, sum DX, ADX
     if k == 0:
         st[r, s] = h
@@ -447,22 +478,23 @@ def _obv_nb(st, r, s, k, c, v, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _roc_nb(st, r, q, ip, k, x, out, b, oc):
-    n = ip[0]
+def _roc_nb(st, r, q, p0, p1, p2, k, x, out, b, oc):
+    n = p0
     cap = n + 1
-    st[r, q + k % cap] = x
+    pos = k % cap
+    st[r, q + pos] = x
     if k < n:
         out[b, oc] = NAN
         return
-    prev = st[r, q + (k - n) % cap]
+    prev = st[r, q + _back(pos, n, cap)]
     out[b, oc] = ((x / prev) - 1.0) * 100.0 if prev != 0.0 else 0.0
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _mfi_nb(st, r, s, q, ip, k, h, lo_, c, v, out, b, oc):
+def _mfi_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, v, out, b, oc):
     """TA-Lib 0.6 MFI: scaled dead-zone on the typical-price change, and the sums
     reset to exact zero once a whole period has carried no money flow."""
-    n = ip[0]
+    n = p0
     cap = n + 1
     qp = q
     qn = q + cap
@@ -472,18 +504,20 @@ def _mfi_nb(st, r, s, q, ip, k, h, lo_, c, v, out, b, oc):
         st[r, s] = tp
         out[b, oc] = NAN
         return
+    pos = k % cap
     if k > n:
-        st[r, s + 1] -= st[r, qp + (k - n) % cap]
-        st[r, s + 2] -= st[r, qn + (k - n) % cap]
+        old = _back(pos, n, cap)
+        st[r, s + 1] -= st[r, qp + old]
+        st[r, s + 2] -= st[r, qn + old]
     diff = tp - st[r, s]
     scale = math.fabs(tp) + math.fabs(st[r, s])
     st[r, s] = tp
     flow = 0.0 if is_zero_scaled_nb(diff, scale) else tp * v
-    pos = 0.0 if diff < 0.0 else flow
+    inflow = 0.0 if diff < 0.0 else flow
     neg = flow if diff < 0.0 else 0.0
-    st[r, qp + k % cap] = pos
-    st[r, qn + k % cap] = neg
-    st[r, s + 1] += pos
+    st[r, qp + pos] = inflow
+    st[r, qn + pos] = neg
+    st[r, s + 1] += inflow
     st[r, s + 2] += neg
     st[r, s + 3] = st[r, s + 3] + 1.0 if flow == 0.0 else 0.0
     if st[r, s + 3] >= n:
@@ -504,26 +538,34 @@ def _mfi_value_nb(pos, neg):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _cci_nb(st, r, q, ip, k, h, lo_, c, out, b, oc):
-    n = ip[0]
+def _cci_nb(st, r, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
+    n = p0
     cap = n + 1
+    pos = k % cap
     tp = (h + lo_ + c) / 3.0
-    st[r, q + k % cap] = tp
+    st[r, q + pos] = tp
     if k < n - 1:
         out[b, oc] = NAN
         return
-    # Sum in TA-Lib's circular-buffer order: slot 0..n-1 of a buffer where bar j sits at j % n.
+    # Sum in TA-Lib's circular-buffer order: slot 0..n-1 of a buffer where bar j sits at
+    # j % n, i.e. the bar (k - slot) % n bars back; no division inside the loops.
+    m = k % n
     avg = 0.0
     magnitude = 0.0
     for slot in range(n):
-        j = k - ((k - slot) % n)
-        avg += st[r, q + j % cap]
-        magnitude += math.fabs(st[r, q + j % cap])
+        d = m - slot
+        if d < 0:
+            d += n
+        y = st[r, q + _back(pos, d, cap)]
+        avg += y
+        magnitude += math.fabs(y)
     avg /= n
     dev = 0.0
     for slot in range(n):
-        j = k - ((k - slot) % n)
-        dev += math.fabs(st[r, q + j % cap] - avg)
+        d = m - slot
+        if d < 0:
+            d += n
+        dev += math.fabs(st[r, q + _back(pos, d, cap)] - avg)
     num = tp - avg
     # TA-Lib 0.8.1: the deviation's dead-zone scales with the window's magnitude.
     if is_zero_nb(num) or is_zero_scaled_nb(dev, magnitude):
@@ -534,20 +576,23 @@ def _cci_nb(st, r, q, ip, k, h, lo_, c, out, b, oc):
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _hilo_nb(st, r, s, q, n, k, h, lo_):
-    """Rolling highest high and lowest low over n bars (two deques)."""
+    """Rolling highest high and lowest low over n bars (two deques).
+
+    Rings at q: highs, lows (cap each), then the max deque and the min deque
+    (2 * cap each).
+    """
     cap = n + 1
-    qh = q
-    ql = q + cap
-    st[r, qh + k % cap] = h
-    st[r, ql + k % cap] = lo_
-    hi = _dq_push_nb(st, r, s, q + 2 * cap, qh, cap, k, n, True)
-    lo = _dq_push_nb(st, r, s + 2, q + 3 * cap, ql, cap, k, n, False)
+    pos = k % cap
+    st[r, q + pos] = h
+    st[r, q + cap + pos] = lo_
+    hi = _dq_push_nb(st, r, s, q + 2 * cap, cap, k, h, n, True)
+    lo = _dq_push_nb(st, r, s + 2, q + 4 * cap, cap, k, lo_, n, False)
     return hi, lo
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _willr_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
-    n = ip[0]
+def _willr_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
+    n = p0
     hi, lo = _hilo_nb(st, r, s, q, n, k, h, lo_)
     if k < n - 1:
         out[b, oc] = NAN
@@ -557,8 +602,8 @@ def _willr_nb(st, r, s, q, ip, k, h, lo_, c, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _donchian_nb(st, r, s, q, ip, k, h, lo_, out, b, oc):
-    n = ip[0]
+def _donchian_nb(st, r, s, q, p0, p1, p2, k, h, lo_, out, b, oc):
+    n = p0
     hi, lo = _hilo_nb(st, r, s, q, n, k, h, lo_)
     if k < n - 1:
         out[b, oc] = NAN
@@ -571,8 +616,8 @@ def _donchian_nb(st, r, s, q, ip, k, h, lo_, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _vwap_nb(st, r, s, ip, t, h, lo_, c, v, out, b, oc):
-    session = (t - ip[1]) // ip[0]
+def _vwap_nb(st, r, s, p0, p1, p2, t, h, lo_, c, v, out, b, oc):
+    session = (t - p1) // p0
     if session != st[r, s] or (st[r, s + 1] == 0.0 and st[r, s + 2] == 0.0):
         st[r, s] = session
         st[r, s + 1] = 0.0
@@ -584,8 +629,8 @@ def _vwap_nb(st, r, s, ip, t, h, lo_, c, v, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _relvol_nb(st, r, s, q, ip, k, v, out, b, oc):
-    n = ip[0]
+def _relvol_nb(st, r, s, q, p0, p1, p2, k, v, out, b, oc):
+    n = p0
     cap = n + 1
     # scalars: SMA total of volume (TA-Lib order), the previous bar's average
     prev_avg = st[r, s + 1]
@@ -593,34 +638,27 @@ def _relvol_nb(st, r, s, q, ip, k, v, out, b, oc):
         out[b, oc] = NAN
     else:
         out[b, oc] = v / prev_avg if prev_avg > 0.0 else NAN
-    st[r, q + k % cap] = v
+    pos = k % cap
+    st[r, q + pos] = v
     st[r, s] += v
     if k >= n - 1:
         value = st[r, s]
-        st[r, s] -= st[r, q + (k - n + 1) % cap]
+        st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
         st[r, s + 1] = value / n
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _rebuild_deques_nb(code, st, r, s, q, ip, k):
+def _rebuild_deques_nb(code, st, r, s, q, p0, p1, p2, k):
     if code == STOCH:
-        fk = ip[0]
-        cap, qh, ql, qih, qil, _, _ = _stoch_layout_nb(q, fk, ip[1])
-        _dq_rebuild_nb(st, r, s, qih, qh, cap, k, fk, True)
-        _dq_rebuild_nb(st, r, s + 2, qil, ql, cap, k, fk, False)
+        fk = p0
+        cap, qh, ql, qdh, qdl, _, _ = _stoch_layout_nb(q, fk, p1)
+        _dq_rebuild_nb(st, r, s, qdh, qh, cap, k, fk, True)
+        _dq_rebuild_nb(st, r, s + 2, qdl, ql, cap, k, fk, False)
     elif code in (WILLR, DONCHIAN):
-        n = ip[0]
+        n = p0
         cap = n + 1
         _dq_rebuild_nb(st, r, s, q + 2 * cap, q, cap, k, n, True)
-        _dq_rebuild_nb(st, r, s + 2, q + 3 * cap, q + cap, cap, k, n, False)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def store_latest_nb(sym, status, out, latest):
-    """Copy each applied or corrected bar's outputs to its symbol's row of ``latest``."""
-    for b in range(sym.shape[0]):
-        if status[b] != SKIPPED:
-            latest[sym[b], :] = out[b, :]
+        _dq_rebuild_nb(st, r, s + 2, q + 4 * cap, q + cap, cap, k, n, False)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -645,12 +683,16 @@ def apply_bars_nb(
     volume,
     out,
     status,
+    latest,
+    n_rows,
 ):
-    """Apply bars in arrival order; return (applied, corrected, skipped).
+    """Apply bars in arrival order; return (applied, corrected, skipped, bad bar).
 
     ``sym[b]`` is the state row of bar b. ``out[b]`` gets every output after bar b
-    (NaN where not ready, and a whole NaN row for a skipped bar); ``status[b]``
-    says APPLIED, CORRECTED or SKIPPED (older than the symbol's last bar).
+    (NaN where not ready, and a whole NaN row for a skipped bar) and so does
+    ``latest[sym[b]]`` unless skipped; ``status[b]`` says APPLIED, CORRECTED or
+    SKIPPED (older than the symbol's last bar). A row outside 0..n_rows-1 stops the
+    batch before that bar and its index is returned as the last value (else -1).
     """
     n_ind = codes.shape[0]
     n_out = out.shape[1]
@@ -659,6 +701,8 @@ def apply_bars_nb(
     skipped = 0
     for b in range(sym.shape[0]):
         r = sym[b]
+        if r < 0 or r >= n_rows:
+            return applied, corrected, skipped, b
         t = ts[b]
         seen = count[r]
         if seen > 0 and t < last_ts[r]:
@@ -692,46 +736,51 @@ def apply_bars_nb(
             s = soff[j]
             q = roff[j]
             oc = ooff[j]
-            ip = iparams[j]
+            p0 = iparams[j, 0]
+            p1 = iparams[j, 1]
+            p2 = iparams[j, 2]
+            f0 = fparams[j, 0]
             if fix:
-                _rebuild_deques_nb(code, state, r, s, q, ip, k)
+                _rebuild_deques_nb(code, state, r, s, q, p0, p1, p2, k)
             if code == SMA:
-                x = v if ip[1] == SRC_VOLUME else c
-                _sma_nb(state, r, s, q, ip, k, x, out, b, oc)
+                x = v if p1 == SRC_VOLUME else c
+                _sma_nb(state, r, s, q, p0, p1, p2, k, x, out, b, oc)
             elif code == EMA:
-                _ema_nb(state, r, s, ip, k, c, out, b, oc)
+                _ema_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
             elif code == WMA:
-                _wma_nb(state, r, s, q, ip, k, c, out, b, oc)
+                _wma_nb(state, r, s, q, p0, p1, p2, k, c, out, b, oc)
             elif code == RSI:
-                _rsi_nb(state, r, s, ip, k, c, out, b, oc)
+                _rsi_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
             elif code == MACD:
-                _macd_nb(state, r, s, ip, k, c, out, b, oc)
+                _macd_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
             elif code == BB:
-                _bb_nb(state, r, s, q, ip, fparams[j], k, c, out, b, oc)
+                _bb_nb(state, r, s, q, p0, p1, p2, f0, k, c, out, b, oc)
             elif code == STDDEV:
-                _stddev_nb(state, r, s, q, ip, fparams[j], k, c, out, b, oc)
+                _stddev_nb(state, r, s, q, p0, p1, p2, f0, k, c, out, b, oc)
             elif code == ATR:
-                _atr_nb(state, r, s, ip, k, h, lo, c, out, b, oc, False)
+                _atr_nb(state, r, s, p0, p1, p2, k, h, lo, c, out, b, oc, False)
             elif code == NATR:
-                _atr_nb(state, r, s, ip, k, h, lo, c, out, b, oc, True)
+                _atr_nb(state, r, s, p0, p1, p2, k, h, lo, c, out, b, oc, True)
             elif code == STOCH:
-                _stoch_nb(state, r, s, q, ip, k, h, lo, c, out, b, oc)
+                _stoch_nb(state, r, s, q, p0, p1, p2, k, h, lo, c, out, b, oc)
             elif code == ADX:
-                _adx_nb(state, r, s, ip, k, h, lo, c, out, b, oc)
+                _adx_nb(state, r, s, p0, p1, p2, k, h, lo, c, out, b, oc)
             elif code == OBV:
                 _obv_nb(state, r, s, k, c, v, out, b, oc)
             elif code == ROC:
-                _roc_nb(state, r, q, ip, k, c, out, b, oc)
+                _roc_nb(state, r, q, p0, p1, p2, k, c, out, b, oc)
             elif code == MFI:
-                _mfi_nb(state, r, s, q, ip, k, h, lo, c, v, out, b, oc)
+                _mfi_nb(state, r, s, q, p0, p1, p2, k, h, lo, c, v, out, b, oc)
             elif code == CCI:
-                _cci_nb(state, r, q, ip, k, h, lo, c, out, b, oc)
+                _cci_nb(state, r, q, p0, p1, p2, k, h, lo, c, out, b, oc)
             elif code == WILLR:
-                _willr_nb(state, r, s, q, ip, k, h, lo, c, out, b, oc)
+                _willr_nb(state, r, s, q, p0, p1, p2, k, h, lo, c, out, b, oc)
             elif code == VWAP:
-                _vwap_nb(state, r, s, ip, t, h, lo, c, v, out, b, oc)
+                _vwap_nb(state, r, s, p0, p1, p2, t, h, lo, c, v, out, b, oc)
             elif code == DONCHIAN:
-                _donchian_nb(state, r, s, q, ip, k, h, lo, out, b, oc)
+                _donchian_nb(state, r, s, q, p0, p1, p2, k, h, lo, out, b, oc)
             elif code == RELVOL:
-                _relvol_nb(state, r, s, q, ip, k, v, out, b, oc)
-    return applied, corrected, skipped
+                _relvol_nb(state, r, s, q, p0, p1, p2, k, v, out, b, oc)
+        for i in range(n_out):
+            latest[r, i] = out[b, i]
+    return applied, corrected, skipped, -1

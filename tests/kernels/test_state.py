@@ -171,7 +171,7 @@ def test_unregistered_rows_are_refused():
     state = IndicatorState(IndicatorPlan.parse("ema(5)"))
     state.row("A")
     one = np.ones(1)
-    with pytest.raises(IndexError, match="registered symbols"):
+    with pytest.raises(IndexError, match="not a registered symbol"):
         state.apply(np.array([1]), np.array([1]), one, one, one, one, one)
 
 

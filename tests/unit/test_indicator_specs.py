@@ -38,5 +38,5 @@ def test_plan_layout_is_contiguous_and_fingerprinted():
     assert list(plan.soff) == [0, 2, 6]  # ema 2 scalars, bb 4, then donchian
     assert plan.nscalar == 10
     assert plan.roff[0] == plan.nscalar  # rings after all scalars
-    assert plan.width == plan.nscalar + 0 + 21 + 4 * 253
+    assert plan.width == plan.nscalar + 0 + 21 + 6 * 253
     assert plan.fingerprint != IndicatorPlan([spec("ema", 21)]).fingerprint
