@@ -21,7 +21,7 @@ __all__ = ["LAYOUT_VERSION", "IndicatorPlan"]
 LAYOUT_VERSION = 3
 
 _IPARAMS = 4
-_FPARAMS = 2
+_FPARAMS = 4
 
 
 class IndicatorPlan:

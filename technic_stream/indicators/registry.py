@@ -67,6 +67,15 @@ class IndicatorDef:
         return ints
 
     def float_params(self, values: tuple[float, ...]) -> list[float]:
+        """The kernel's float row. EMA and MACD get their smoothing factors 2 / (n + 1)
+        precomputed (the same IEEE value the kernel would compute on every bar)."""
+        if self.code == k.EMA:
+            return [2.0 / (values[0] + 1.0)]
+        if self.code == k.MACD:
+            fast, slow, sig = values
+            if slow < fast:
+                fast, slow = slow, fast
+            return [2.0 / (fast + 1.0), 2.0 / (slow + 1.0), 2.0 / (sig + 1.0)]
         return [float(v) for v, p in zip(values, self.params, strict=True) if not p.integer]
 
 

@@ -201,8 +201,9 @@ def stddev_1d_nb(x, n, nbdev):
         s2 += d * d
         if i >= n - 1:
             mean = s1 / n
-            var = s2 / n - mean * mean
-            if (i - n + 1) % n == 0 or var * 1e6 < s2 / n:  # re-anchor (see the stream kernel)
+            second = s2 / n
+            var = second - mean * mean
+            if (i - n + 1) % n == 0 or var * 1e6 < second:  # re-anchor (see the stream kernel)
                 shift = x[i - n + 1]
                 s1 = 0.0
                 s2 = 0.0

@@ -128,7 +128,7 @@ def _sma_nb(st, r, s, q, p0, p1, p2, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _ema_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
+def _ema_nb(st, r, s, p0, p1, p2, f0, k, x, out, b, oc):
     n = p0
     if k < n:
         st[r, s + 1] += x
@@ -137,8 +137,7 @@ def _ema_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
             return
         st[r, s] = st[r, s + 1] / n
     else:
-        kk = 2.0 / (n + 1.0)
-        st[r, s] = ((x - st[r, s]) * kk) + st[r, s]
+        st[r, s] = ((x - st[r, s]) * f0) + st[r, s]
     out[b, oc] = st[r, s]
 
 
@@ -213,7 +212,7 @@ def _rsi_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _macd_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
+def _macd_nb(st, r, s, p0, p1, p2, f0, f1, f2, k, x, out, b, oc):
     fast = p0
     slow = p1
     sig = p2
@@ -232,10 +231,8 @@ def _macd_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
         st[r, s + 1] = st[r, s + 3] / slow
         st[r, s] = st[r, s + 2] / fast
     else:
-        kf = 2.0 / (fast + 1.0)
-        ks = 2.0 / (slow + 1.0)
-        st[r, s] = ((x - st[r, s]) * kf) + st[r, s]
-        st[r, s + 1] = ((x - st[r, s + 1]) * ks) + st[r, s + 1]
+        st[r, s] = ((x - st[r, s]) * f0) + st[r, s]
+        st[r, s + 1] = ((x - st[r, s + 1]) * f1) + st[r, s + 1]
     line = st[r, s] - st[r, s + 1]
     m = k - (slow - 1)  # index into the MACD line
     if m < sig:
@@ -247,8 +244,7 @@ def _macd_nb(st, r, s, p0, p1, p2, k, x, out, b, oc):
             return
         st[r, s + 4] = st[r, s + 5] / sig
     else:
-        kg = 2.0 / (sig + 1.0)
-        st[r, s + 4] = ((line - st[r, s + 4]) * kg) + st[r, s + 4]
+        st[r, s + 4] = ((line - st[r, s + 4]) * f2) + st[r, s + 4]
     out[b, oc] = line
     out[b, oc + 1] = st[r, s + 4]
     out[b, oc + 2] = line - st[r, s + 4]
@@ -272,10 +268,11 @@ def _stddev_window_nb(st, r, s, q, n, k, x, pos):
     if k < n - 1:
         return NAN
     mean = st[r, s + 1] / n
-    var = st[r, s + 2] / n - mean * mean
+    second = st[r, s + 2] / n
+    var = second - mean * mean
     # Re-anchor every n bars, and at once when cancellation may have eaten digits
     # (variance tiny next to the shifted second moment, e.g. a flat run after a gap).
-    if (k - n + 1) % n == 0 or var * 1e6 < st[r, s + 2] / n:
+    if (k - n + 1) % n == 0 or var * 1e6 < second:
         shift = st[r, q + _back(pos, n - 1, cap)]
         s1 = 0.0
         s2 = 0.0
@@ -740,19 +737,21 @@ def apply_bars_nb(
             p1 = iparams[j, 1]
             p2 = iparams[j, 2]
             f0 = fparams[j, 0]
+            f1 = fparams[j, 1]
+            f2 = fparams[j, 2]
             if fix:
                 _rebuild_deques_nb(code, state, r, s, q, p0, p1, p2, k)
             if code == SMA:
                 x = v if p1 == SRC_VOLUME else c
                 _sma_nb(state, r, s, q, p0, p1, p2, k, x, out, b, oc)
             elif code == EMA:
-                _ema_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
+                _ema_nb(state, r, s, p0, p1, p2, f0, k, c, out, b, oc)
             elif code == WMA:
                 _wma_nb(state, r, s, q, p0, p1, p2, k, c, out, b, oc)
             elif code == RSI:
                 _rsi_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
             elif code == MACD:
-                _macd_nb(state, r, s, p0, p1, p2, k, c, out, b, oc)
+                _macd_nb(state, r, s, p0, p1, p2, f0, f1, f2, k, c, out, b, oc)
             elif code == BB:
                 _bb_nb(state, r, s, q, p0, p1, p2, f0, k, c, out, b, oc)
             elif code == STDDEV:
