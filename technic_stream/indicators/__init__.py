@@ -9,10 +9,12 @@ from technic_stream.indicators.registry import (
     spec,
 )
 from technic_stream.indicators.state import BatchResult, IndicatorState, StateVersionError
+from technic_stream.indicators.wrappers import Indicator
 
 __all__ = [
     "INDICATORS",
     "BatchResult",
+    "Indicator",
     "IndicatorError",
     "IndicatorPlan",
     "IndicatorSpec",
