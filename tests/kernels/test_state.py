@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from technic_stream.indicators import IndicatorPlan, IndicatorState, StateVersionError
@@ -34,7 +34,6 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a, b)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bars=ohlcv(min_size=2, max_size=120), data=st.data())
 def test_corrected_bar_equals_a_series_that_only_ever_had_the_correction(bars, data):
     n = len(bars[0])
@@ -61,7 +60,6 @@ def test_corrected_bar_equals_a_series_that_only_ever_had_the_correction(bars, d
     assert_same(res2.out, expected[at:])
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bars=ohlcv(min_size=2, max_size=150), data=st.data())
 def test_checkpoint_restore_continue_equals_never_stopping(bars, data):
     n = len(bars[0])
@@ -77,7 +75,6 @@ def test_checkpoint_restore_continue_equals_never_stopping(bars, data):
     assert restored.bars_seen("X") == n
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     a=ohlcv(min_size=1, max_size=80),
     b=ohlcv(min_size=1, max_size=80),
