@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from technic_stream.lifecycle import AsyncResource
 
 __all__ = ["OpsServer", "ReadinessCheck"]
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[object]]
 
 
-class OpsServer:
+class OpsServer(AsyncResource):
     """Liveness, readiness and metrics for one process on a small HTTP port."""
 
     def __init__(
@@ -35,18 +36,6 @@ class OpsServer:
         self._timeout = check_timeout_s
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-
-    async def __aenter__(self) -> OpsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         app = web.Application()

@@ -17,7 +17,6 @@ import enum
 import logging
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -26,6 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from technic_stream.config import Settings
 from technic_stream.errors import KafkaTransportError
+from technic_stream.lifecycle import AsyncResource
 
 __all__ = ["Batch", "BatchConsumer", "BatchHandler", "TopicPartition"]
 
@@ -74,7 +74,7 @@ class _Listener(ConsumerRebalanceListener):
         await self._owner._on_assigned(set(assigned))
 
 
-class BatchConsumer:
+class BatchConsumer(AsyncResource):
     """A consumer-group member over ``topics`` that feeds batches to a handler."""
 
     def __init__(
@@ -103,18 +103,6 @@ class BatchConsumer:
         self._state = _State.NEW
         self.committed: dict[TopicPartition, int] = {}
         self.records_processed = 0
-
-    async def __aenter__(self) -> BatchConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         if self._state is not _State.NEW:

@@ -6,13 +6,13 @@ import asyncio
 import enum
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from technic_stream.config import Settings
 from technic_stream.errors import KafkaTransportError
+from technic_stream.lifecycle import AsyncResource
 
 __all__ = ["Headers", "Producer"]
 
@@ -27,7 +27,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Producer:
+class Producer(AsyncResource):
     """Sends bytes to topics with batching (``linger``) and acks from settings.
 
     :meth:`send` enqueues and returns a future that resolves when the broker has
@@ -44,18 +44,6 @@ class Producer:
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[object]] = []
         self._state = _State.NEW
-
-    async def __aenter__(self) -> Producer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         if self._state is not _State.NEW:
