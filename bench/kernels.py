@@ -46,7 +46,7 @@ def make_data(symbols: int, bars: int, seed: int = 7) -> dict[str, np.ndarray]:
     return {"ts": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
 
 
-def time_ours(plan_text: str, d: dict[str, np.ndarray], repeats: int) -> float:
+def time_ours(plan_text: str, d: dict[str, np.ndarray], repeats: int) -> list[float]:
     plan = IndicatorPlan.parse(plan_text)
     bars, symbols = d["close"].shape
     cols = {k: np.ascontiguousarray(v) for k, v in d.items()}
@@ -68,7 +68,11 @@ def time_ours(plan_text: str, d: dict[str, np.ndarray], repeats: int) -> float:
                 out,
             )
         runs.append(time.perf_counter() - t0)
-    return statistics.median(runs[1:]) / (bars * symbols) * 1e9
+    return [r / (bars * symbols) * 1e9 for r in runs[1:]]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f} (runs {min(values):,.0f} to {max(values):,.0f})"
 
 
 def time_talipp(d: dict[str, np.ndarray], symbols: int) -> float:
@@ -160,15 +164,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", type=int, default=1000)
     ap.add_argument("--bars", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--talipp-symbols", type=int, default=10)
     ap.add_argument("--stream-symbols", type=int, default=100)
     args = ap.parse_args()
 
     d = make_data(args.symbols, args.bars)
     cold = cold_start_seconds()
-    five = time_ours(FIVE, d, args.repeats)
-    full = time_ours(FULL, d, args.repeats)
+    five_runs = time_ours(FIVE, d, args.repeats)
+    full_runs = time_ours(FULL, d, args.repeats)
+    five = statistics.median(five_runs)
     tl_batch = time_talib_batch(d, args.repeats)
     tl_stream = time_talib_stream(d, args.stream_symbols)
     pp = time_talipp(d, args.talipp_symbols)
@@ -178,7 +183,10 @@ def main() -> None:
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}"
     )
-    print(f"data: {args.symbols} symbols x {args.bars} bars, seeded random walk\n")
+    print(
+        f"data: {args.symbols} symbols x {args.bars} bars, seeded random walk; "
+        f"ours: median of {args.repeats} runs after a warm-up run\n"
+    )
     print("| contender | five-indicator set (ns / symbol-bar) | vs ours |")
     print("|---|---:|---:|")
     rows = [
@@ -188,11 +196,12 @@ def main() -> None:
         ("TA-Lib 0.8 batch over whole series (not incremental)", tl_batch),
     ]
     for name, ns in rows:
-        print(f"| {name} | {ns:,.0f} | {ns / five:.1f}x |")
+        shown = _spread(five_runs) if ns is five else f"{ns:,.0f}"
+        print(f"| {name} | {shown} | {ns / five:.1f}x |")
     print(
         f"\nfull set ({len(IndicatorPlan.parse(FULL).specs)} indicators, "
         f"{IndicatorPlan.parse(FULL).n_outputs} outputs, streaming kernel): "
-        f"{full:,.0f} ns / symbol-bar"
+        f"{_spread(full_runs)} ns / symbol-bar"
     )
     print(f"speed-up over TA-Lib stream handles (five-indicator set): {tl_stream / five:.1f}x")
     print(f"cold import + JIT warm-up of the full plan (numba cache on disk): {cold:.2f} s")

@@ -76,6 +76,8 @@ class IndicatorDef:
             if slow < fast:
                 fast, slow = slow, fast
             return [2.0 / (fast + 1.0), 2.0 / (slow + 1.0), 2.0 / (sig + 1.0)]
+        if self.code in (k.BB, k.STDDEV):
+            return [float(values[1]), 1.0 / values[0]]  # nbdev, 1 / period
         return [float(v) for v, p in zip(values, self.params, strict=True) if not p.integer]
 
 

@@ -193,6 +193,7 @@ def stddev_1d_nb(x, n, nbdev):
     if size == 0:
         return out
     shift = x[0]
+    inv_n = 1.0 / n
     s1 = 0.0
     s2 = 0.0
     for i in range(size):
@@ -200,8 +201,8 @@ def stddev_1d_nb(x, n, nbdev):
         s1 += d
         s2 += d * d
         if i >= n - 1:
-            mean = s1 / n
-            second = s2 / n
+            mean = s1 * inv_n
+            second = s2 * inv_n
             var = second - mean * mean
             if (i - n + 1) % n == 0 or var * 1e6 < second:  # re-anchor (see the stream kernel)
                 shift = x[i - n + 1]
@@ -211,8 +212,8 @@ def stddev_1d_nb(x, n, nbdev):
                     e = x[j] - shift
                     s1 += e
                     s2 += e * e
-                mean = s1 / n
-                var = s2 / n - mean * mean
+                mean = s1 * inv_n
+                var = s2 * inv_n - mean * mean
             old = x[i - n + 1] - shift
             s1 -= old
             s2 -= old * old

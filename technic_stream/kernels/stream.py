@@ -251,11 +251,13 @@ def _macd_nb(st, r, s, p0, p1, p2, f0, f1, f2, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stddev_window_nb(st, r, s, q, n, k, x, pos):
+def _stddev_window_nb(st, r, s, q, n, inv_n, k, x, pos):
     """Population std of the last n values by shifted sums; NaN until n values.
 
     Scalars at s: shift, sum of (x - shift), sum of (x - shift)^2. Ring at q (n + 1),
-    with the current bar already written at ``pos``. Every n bars the shift moves to
+    with the current bar already written at ``pos``; ``inv_n`` is 1 / n, precomputed
+    (these moments are ours, not TA-Lib's, so a multiply serves as well as a
+    divide). Every n bars the shift moves to
     the window's oldest value and both sums are taken afresh from the ring, so
     neither drift nor a far-away shift builds up.
     """
@@ -267,8 +269,8 @@ def _stddev_window_nb(st, r, s, q, n, k, x, pos):
     st[r, s + 2] += d * d
     if k < n - 1:
         return NAN
-    mean = st[r, s + 1] / n
-    second = st[r, s + 2] / n
+    mean = st[r, s + 1] * inv_n
+    second = st[r, s + 2] * inv_n
     var = second - mean * mean
     # Re-anchor every n bars, and at once when cancellation may have eaten digits
     # (variance tiny next to the shifted second moment, e.g. a flat run after a gap).
@@ -283,8 +285,8 @@ def _stddev_window_nb(st, r, s, q, n, k, x, pos):
         st[r, s] = shift
         st[r, s + 1] = s1
         st[r, s + 2] = s2
-        mean = s1 / n
-        var = s2 / n - mean * mean
+        mean = s1 * inv_n
+        var = s2 * inv_n - mean * mean
     old = st[r, q + _back(pos, n - 1, cap)] - st[r, s]
     st[r, s + 1] -= old
     st[r, s + 2] -= old * old
@@ -294,7 +296,7 @@ def _stddev_window_nb(st, r, s, q, n, k, x, pos):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _bb_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
+def _bb_nb(st, r, s, q, p0, p1, p2, f0, f1, k, x, out, b, oc):
     n = p0
     nbdev = f0
     cap = n + 1
@@ -302,7 +304,7 @@ def _bb_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
     st[r, q + pos] = x
     # SMA total (TA-Lib order) at s; shifted sums at s+1..s+3; ring of x at q.
     st[r, s] += x
-    std = _stddev_window_nb(st, r, s + 1, q, n, k, x, pos)
+    std = _stddev_window_nb(st, r, s + 1, q, n, f1, k, x, pos)
     if k < n - 1:
         for i in range(5):
             out[b, oc + i] = NAN
@@ -321,10 +323,10 @@ def _bb_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stddev_nb(st, r, s, q, p0, p1, p2, f0, k, x, out, b, oc):
+def _stddev_nb(st, r, s, q, p0, p1, p2, f0, f1, k, x, out, b, oc):
     pos = k % (p0 + 1)
     st[r, q + pos] = x
-    std = _stddev_window_nb(st, r, s, q, p0, k, x, pos)
+    std = _stddev_window_nb(st, r, s, q, p0, f1, k, x, pos)
     out[b, oc] = std * f0 if k >= p0 - 1 else NAN
 
 
@@ -753,9 +755,9 @@ def apply_bars_nb(
             elif code == MACD:
                 _macd_nb(state, r, s, p0, p1, p2, f0, f1, f2, k, c, out, b, oc)
             elif code == BB:
-                _bb_nb(state, r, s, q, p0, p1, p2, f0, k, c, out, b, oc)
+                _bb_nb(state, r, s, q, p0, p1, p2, f0, f1, k, c, out, b, oc)
             elif code == STDDEV:
-                _stddev_nb(state, r, s, q, p0, p1, p2, f0, k, c, out, b, oc)
+                _stddev_nb(state, r, s, q, p0, p1, p2, f0, f1, k, c, out, b, oc)
             elif code == ATR:
                 _atr_nb(state, r, s, p0, p1, p2, k, h, lo, c, out, b, oc, False)
             elif code == NATR:
