@@ -55,6 +55,13 @@ SKIPPED = 2
 NAN = np.nan
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _not_ready_nb(out, b, oc, count):
+    """Outputs oc..oc+count-1 of bar b are not ready yet."""
+    for i in range(count):
+        out[b, oc + i] = NAN
+
+
 # Ring slots. A ring of ``cap`` slots holds bar j at slot j % cap. Each kernel takes one
 # modulo per ring per bar (``pos`` = slot of the current bar) and derives the others with
 # _back, because a 64-bit hardware divide costs tens of cycles.
@@ -224,9 +231,7 @@ def _macd_nb(st, r, s, p0, p1, p2, f0, f1, f2, k, x, out, b, oc):
         if k >= slow - fast:
             st[r, s + 2] += x
         if k < slow - 1:
-            out[b, oc] = NAN
-            out[b, oc + 1] = NAN
-            out[b, oc + 2] = NAN
+            _not_ready_nb(out, b, oc, 3)
             return
         st[r, s + 1] = st[r, s + 3] / slow
         st[r, s] = st[r, s + 2] / fast
@@ -238,9 +243,7 @@ def _macd_nb(st, r, s, p0, p1, p2, f0, f1, f2, k, x, out, b, oc):
     if m < sig:
         st[r, s + 5] += line
         if m < sig - 1:
-            out[b, oc] = NAN
-            out[b, oc + 1] = NAN
-            out[b, oc + 2] = NAN
+            _not_ready_nb(out, b, oc, 3)
             return
         st[r, s + 4] = st[r, s + 5] / sig
     else:
@@ -306,8 +309,7 @@ def _bb_nb(st, r, s, q, p0, p1, p2, f0, f1, k, x, out, b, oc):
     st[r, s] += x
     std = _stddev_window_nb(st, r, s + 1, q, n, f1, k, x, pos)
     if k < n - 1:
-        for i in range(5):
-            out[b, oc + i] = NAN
+        _not_ready_nb(out, b, oc, 5)
         return
     mid = st[r, s] / n
     st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
@@ -375,8 +377,7 @@ def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     hi = _dq_push_nb(st, r, s, qdh, cap, k, h, fk, True)
     lo = _dq_push_nb(st, r, s + 2, qdl, cap, k, lo_, fk, False)
     if k < fk - 1:
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
+        _not_ready_nb(out, b, oc, 2)
         return
     diff = (hi - lo) / 100.0
     fast_k = (c - lo) / diff if diff != 0.0 else 0.0
@@ -386,8 +387,7 @@ def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     st[r, qfk + kpos] = fast_k
     st[r, s + 4] += fast_k
     if j < sk - 1:
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
+        _not_ready_nb(out, b, oc, 2)
         return
     slow_k = st[r, s + 4] / sk
     st[r, s + 4] -= st[r, qfk + _back(kpos, sk - 1, kcap)]
@@ -397,8 +397,7 @@ def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     st[r, qsk + dpos] = slow_k
     st[r, s + 5] += slow_k
     if i < sd - 1:
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
+        _not_ready_nb(out, b, oc, 2)
         return
     slow_d = st[r, s + 5] / sd
     st[r, s + 5] -= st[r, qsk + _back(dpos, sd - 1, dcap)]
@@ -414,9 +413,7 @@ def _adx_nb(st, r, s, p0, p1, p2, k, h, lo_, c, out, b, oc):
         st[r, s] = h
         st[r, s + 1] = lo_
         st[r, s + 2] = c
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
-        out[b, oc + 2] = NAN
+        _not_ready_nb(out, b, oc, 3)
         return
     diff_p = h - st[r, s]
     diff_m = st[r, s + 1] - lo_
@@ -436,9 +433,7 @@ def _adx_nb(st, r, s, p0, p1, p2, k, h, lo_, c, out, b, oc):
         st[r, s + 5] = st[r, s + 5] - st[r, s + 5] / n + tr
     st[r, s + 2] = c
     if k < n:
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
-        out[b, oc + 2] = NAN
+        _not_ready_nb(out, b, oc, 3)
         return
     trn = st[r, s + 5]
     plus_di = 0.0
@@ -605,9 +600,7 @@ def _donchian_nb(st, r, s, q, p0, p1, p2, k, h, lo_, out, b, oc):
     n = p0
     hi, lo = _hilo_nb(st, r, s, q, n, k, h, lo_)
     if k < n - 1:
-        out[b, oc] = NAN
-        out[b, oc + 1] = NAN
-        out[b, oc + 2] = NAN
+        _not_ready_nb(out, b, oc, 3)
         return
     out[b, oc] = hi
     out[b, oc + 1] = lo

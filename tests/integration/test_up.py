@@ -41,8 +41,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def _start_up(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
+def _spawn_up(env: dict[str, str]):
+    return asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "technic_stream",
@@ -52,6 +52,10 @@ async def _start_up(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, st
         env=env,
         cwd=ROOT,
     )
+
+
+async def _start_up(env: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await _spawn_up(env)
     assert proc.stdout is not None
     text = ""
 
@@ -123,16 +127,7 @@ async def test_up_uses_configured_servers_and_starts_none(local_stack, unique):
 
 async def test_up_names_a_configured_server_that_does_not_answer():
     dead = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "technic_stream",
-        "up",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(TECHNIC_KAFKA_BOOTSTRAP=dead),
-        cwd=ROOT,
-    )
+    proc = await _spawn_up(_env(TECHNIC_KAFKA_BOOTSTRAP=dead))
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1
     assert f"kafka: configured server {dead} does not answer" in err.decode()
@@ -140,16 +135,7 @@ async def test_up_names_a_configured_server_that_does_not_answer():
 
 
 async def test_bad_configuration_exits_2_naming_the_variable():
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "technic_stream",
-        "up",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(TECHNIC_PARTITIONS="zero"),
-        cwd=ROOT,
-    )
+    proc = await _spawn_up(_env(TECHNIC_PARTITIONS="zero"))
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "TECHNIC_PARTITIONS" in err.decode()
