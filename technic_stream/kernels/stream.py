@@ -74,6 +74,20 @@ def _back(pos, d, cap):
     return slot + cap if slot < 0 else slot
 
 
+@njit(cache=True, inline="always", fastmath=FASTMATH)
+def _rolling_mean_nb(st, r, t, q, pos, cap, n, j, x):
+    """Add x, the j-th value of a series, to the ring at q (slot pos) and the running
+    total at st[r, t]; once n values are in, return their mean in TA-Lib's SMA order
+    (add, take the total, subtract the trailing value, divide), else NaN."""
+    st[r, q + pos] = x
+    st[r, t] += x
+    if j < n - 1:
+        return NAN
+    value = st[r, t]
+    st[r, t] -= st[r, q + _back(pos, n - 1, cap)]
+    return value / n
+
+
 #: Windows up to this many bars are scanned; longer ones keep monotonic deques. A scan of
 #: a contiguous window is cheaper than two deque pushes, whose pop loops branch
 #: unpredictably on real prices (measured ~15-25 ns per push here).
@@ -151,17 +165,8 @@ def _dq_rebuild_nb(st, r, hs, qd, qv, cap, k, n, is_max):
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _sma_nb(st, r, s, q, p0, p1, p2, k, x, out, b, oc):
-    n = p0
-    cap = n + 1
-    pos = k % cap
-    st[r, q + pos] = x
-    st[r, s] += x
-    if k < n - 1:
-        out[b, oc] = NAN
-        return
-    value = st[r, s]
-    st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
-    out[b, oc] = value / n
+    cap = p0 + 1
+    out[b, oc] = _rolling_mean_nb(st, r, s, q, k % cap, cap, p0, k, x)
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -415,25 +420,15 @@ def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     diff = (hi - lo) / 100.0
     fast_k = (c - lo) / diff if diff != 0.0 else 0.0
     j = k - (fk - 1)  # index into the fast %K series
-    kcap = sk + 1
-    kpos = j % kcap
-    st[r, qfk + kpos] = fast_k
-    st[r, s + 4] += fast_k
+    slow_k = _rolling_mean_nb(st, r, s + 4, qfk, j % (sk + 1), sk + 1, sk, j, fast_k)
     if j < sk - 1:
         _not_ready_nb(out, b, oc, 2)
         return
-    slow_k = st[r, s + 4] / sk
-    st[r, s + 4] -= st[r, qfk + _back(kpos, sk - 1, kcap)]
     i = j - (sk - 1)  # index into the slow %K series
-    dcap = sd + 1
-    dpos = i % dcap
-    st[r, qsk + dpos] = slow_k
-    st[r, s + 5] += slow_k
+    slow_d = _rolling_mean_nb(st, r, s + 5, qsk, i % (sd + 1), sd + 1, sd, i, slow_k)
     if i < sd - 1:
         _not_ready_nb(out, b, oc, 2)
         return
-    slow_d = st[r, s + 5] / sd
-    st[r, s + 5] -= st[r, qsk + _back(dpos, sd - 1, dcap)]
     out[b, oc] = slow_k
     out[b, oc + 1] = slow_d
 
@@ -665,13 +660,9 @@ def _relvol_nb(st, r, s, q, p0, p1, p2, k, v, out, b, oc):
         out[b, oc] = NAN
     else:
         out[b, oc] = v / prev_avg if prev_avg > 0.0 else NAN
-    pos = k % cap
-    st[r, q + pos] = v
-    st[r, s] += v
+    avg = _rolling_mean_nb(st, r, s, q, k % cap, cap, n, k, v)
     if k >= n - 1:
-        value = st[r, s]
-        st[r, s] -= st[r, q + _back(pos, n - 1, cap)]
-        st[r, s + 1] = value / n
+        st[r, s + 1] = avg
 
 
 @njit(cache=True, fastmath=FASTMATH)
