@@ -18,7 +18,7 @@ from technic_stream.indicators.registry import IndicatorSpec, parse_indicators
 __all__ = ["LAYOUT_VERSION", "IndicatorPlan"]
 
 #: Bump when any kernel's state layout changes: old snapshots then refuse to load.
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 
 _IPARAMS = 4
 _FPARAMS = 4

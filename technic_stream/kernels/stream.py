@@ -88,79 +88,60 @@ def _rolling_mean_nb(st, r, t, q, pos, cap, n, j, x):
     return value / n
 
 
-#: Windows up to this many bars are scanned; longer ones keep monotonic deques. A scan of
-#: a contiguous window is cheaper than two deque pushes, whose pop loops branch
-#: unpredictably on real prices (measured ~15-25 ns per push here).
-SCAN_MAX = 64
+# Rolling highest / lowest (van Herk / Gil-Werman, streaming) ---------------------------
+# Bars are grouped in aligned blocks of n. A window of n bars ending at bar k spans the
+# tail of the previous block and the head of the current one, so its extremum is
+# max(prefix of the current block, suffix of the previous block from slot k % n + 1).
+# The prefix extrema are two scalars (restored with the other scalars on a correction);
+# the suffix extrema of the previous block are rebuilt from the value rings once per
+# block, when its last bar arrives: O(1) amortised, exact, and a corrected bar needs
+# no repair because every array it touched is rewritten when it is re-applied.
+# Layout: scalars at sp (prefix max, prefix min); at q the high ring, the low ring,
+# the suffix-max array and the suffix-min array, n slots each (bar j at slot j % n).
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _hilo_window_nb(st, r, qh2, ql2, cap, pos, k, n, h, lo_):
-    """Highest high and lowest low of the last n bars by scanning doubled rings.
-
-    Each value is stored at ``pos`` and ``pos + cap`` of its ring (2 * cap slots), so
-    the window ending at the current bar is the contiguous run ending at pos + cap.
-    """
-    st[r, qh2 + pos] = h
-    st[r, qh2 + pos + cap] = h
-    st[r, ql2 + pos] = lo_
-    st[r, ql2 + pos + cap] = lo_
-    end = pos + cap
-    hi = h
-    lo = lo_
-    for i in range(end - min(n, k + 1) + 1, end):
-        x = st[r, qh2 + i]
-        if x > hi:
-            hi = x
-        y = st[r, ql2 + i]
-        if y < lo:
-            lo = y
-    return hi, lo
-
-
-# Monotonic deques (rolling max / min in O(1) amortised) --------------------------------
-# Layout: two scalars at ``hs`` (head slot, size); at ``qd`` a ring of ``cap`` bar indices
-# followed by a ring of ``cap`` values, so pushes compare without any division. The
-# caller keeps the series itself in a value ring at ``qv`` (for rebuilding after a
-# correction).
-
-
-@njit(cache=True, inline="always", fastmath=FASTMATH)
-def _dq_push_nb(st, r, hs, qd, cap, j, x, n, is_max):
-    head = int(st[r, hs])
-    size = int(st[r, hs + 1])
-    qval = qd + cap
-    while size > 0 and st[r, qd + head] <= j - n:
-        head += 1
-        if head == cap:
-            head = 0
-        size -= 1
-    while size > 0:
-        back = head + size - 1
-        if back >= cap:
-            back -= cap
-        y = st[r, qval + back]
-        if (y <= x) if is_max else (y >= x):
-            size -= 1
-        else:
-            break
-    tail = head + size
-    if tail >= cap:
-        tail -= cap
-    st[r, qd + tail] = j
-    st[r, qval + tail] = x
-    st[r, hs] = head
-    st[r, hs + 1] = size + 1
-    return st[r, qval + head]
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _dq_rebuild_nb(st, r, hs, qd, qv, cap, k, n, is_max):
-    """Rebuild the deque of the window that ends at bar k - 1 from the value ring."""
-    st[r, hs] = 0.0
-    st[r, hs + 1] = 0.0
-    for j in range(max(0, k - n), k):
-        _dq_push_nb(st, r, hs, qd, cap, j, st[r, qv + j % cap], n, is_max)
+def _hilo_nb(st, r, sp, q, n, k, h, lo_):
+    """Highest high and lowest low of the last n bars (of all bars while k < n)."""
+    i = k % n
+    qh = q
+    ql = q + n
+    sh = q + 2 * n
+    sl = q + 3 * n
+    st[r, qh + i] = h
+    st[r, ql + i] = lo_
+    if i == 0:
+        ph = h
+        pl = lo_
+    else:
+        ph = st[r, sp]
+        pl = st[r, sp + 1]
+        if h > ph:
+            ph = h
+        if lo_ < pl:
+            pl = lo_
+    st[r, sp] = ph
+    st[r, sp + 1] = pl
+    if i == n - 1:  # the block is complete: it is the window; keep its suffix extrema
+        mh = h
+        ml = lo_
+        st[r, sh + i] = mh
+        st[r, sl + i] = ml
+        for j in range(n - 2, -1, -1):
+            x = st[r, qh + j]
+            if x > mh:
+                mh = x
+            st[r, sh + j] = mh
+            y = st[r, ql + j]
+            if y < ml:
+                ml = y
+            st[r, sl + j] = ml
+        return ph, pl
+    if k < n:
+        return ph, pl
+    th = st[r, sh + i + 1]
+    tl = st[r, sl + i + 1]
+    return (th if th > ph else ph), (tl if tl < pl else pl)
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -394,38 +375,27 @@ def _atr_nb(st, r, s, p0, p1, p2, k, h, lo_, c, out, b, oc, natr):
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
-def _stoch_layout_nb(q, fk, sk):
-    """High ring, low ring, max deque (2 rings), min deque (2 rings), fast %K, slow %K."""
-    cap = fk + 1
-    return cap, q, q + cap, q + 2 * cap, q + 4 * cap, q + 6 * cap, q + 6 * cap + sk + 1
-
-
-@njit(cache=True, inline="always", fastmath=FASTMATH)
 def _stoch_nb(st, r, s, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     fk = p0
     sk = p1
     sd = p2
-    cap, qh, ql, qdh, qdl, qfk, qsk = _stoch_layout_nb(q, fk, sk)
-    pos = k % cap
-    if fk <= SCAN_MAX:  # the deque areas hold the doubled rings instead
-        hi, lo = _hilo_window_nb(st, r, qdh, qdl, cap, pos, k, fk, h, lo_)
-    else:
-        st[r, qh + pos] = h
-        st[r, ql + pos] = lo_
-        hi = _dq_push_nb(st, r, s, qdh, cap, k, h, fk, True)
-        lo = _dq_push_nb(st, r, s + 2, qdl, cap, k, lo_, fk, False)
+    # scalars: prefix high, prefix low, fast %K total, slow %K total
+    # rings: the rolling high/low area (4 * fk), fast %K (sk + 1), slow %K (sd + 1)
+    qfk = q + 4 * fk
+    qsk = qfk + sk + 1
+    hi, lo = _hilo_nb(st, r, s, q, fk, k, h, lo_)
     if k < fk - 1:
         _not_ready_nb(out, b, oc, 2)
         return
     diff = (hi - lo) / 100.0
     fast_k = (c - lo) / diff if diff != 0.0 else 0.0
     j = k - (fk - 1)  # index into the fast %K series
-    slow_k = _rolling_mean_nb(st, r, s + 4, qfk, j % (sk + 1), sk + 1, sk, j, fast_k)
+    slow_k = _rolling_mean_nb(st, r, s + 2, qfk, j % (sk + 1), sk + 1, sk, j, fast_k)
     if j < sk - 1:
         _not_ready_nb(out, b, oc, 2)
         return
     i = j - (sk - 1)  # index into the slow %K series
-    slow_d = _rolling_mean_nb(st, r, s + 5, qsk, i % (sd + 1), sd + 1, sd, i, slow_k)
+    slow_d = _rolling_mean_nb(st, r, s + 3, qsk, i % (sd + 1), sd + 1, sd, i, slow_k)
     if i < sd - 1:
         _not_ready_nb(out, b, oc, 2)
         return
@@ -562,56 +532,30 @@ def _mfi_value_nb(pos, neg):
 @njit(cache=True, inline="always", fastmath=FASTMATH)
 def _cci_nb(st, r, q, p0, p1, p2, k, h, lo_, c, out, b, oc):
     n = p0
-    cap = n + 1
-    pos = k % cap
+    # A ring of n (bar j at slot j % n) is TA-Lib's own circular buffer, so both sums
+    # run over the slots in its order. A correction rewrites slot k % n and needs
+    # nothing older than the window, so no spare slot is kept.
     tp = (h + lo_ + c) / 3.0
-    st[r, q + pos] = tp
+    st[r, q + k % n] = tp
     if k < n - 1:
         out[b, oc] = NAN
         return
-    # Sum in TA-Lib's circular-buffer order: slot 0..n-1 of a buffer where bar j sits at
-    # j % n, i.e. the bar (k - slot) % n bars back; no division inside the loops.
-    m = k % n
     avg = 0.0
     magnitude = 0.0
     for slot in range(n):
-        d = m - slot
-        if d < 0:
-            d += n
-        y = st[r, q + _back(pos, d, cap)]
+        y = st[r, q + slot]
         avg += y
         magnitude += math.fabs(y)
     avg /= n
     dev = 0.0
     for slot in range(n):
-        d = m - slot
-        if d < 0:
-            d += n
-        dev += math.fabs(st[r, q + _back(pos, d, cap)] - avg)
+        dev += math.fabs(st[r, q + slot] - avg)
     num = tp - avg
     # TA-Lib 0.8.1: the deviation's dead-zone scales with the window's magnitude.
     if is_zero_nb(num) or is_zero_scaled_nb(dev, magnitude):
         out[b, oc] = 0.0
     else:
         out[b, oc] = num / (0.015 * (dev / n))
-
-
-@njit(cache=True, inline="always", fastmath=FASTMATH)
-def _hilo_nb(st, r, s, q, n, k, h, lo_):
-    """Rolling highest high and lowest low over n bars.
-
-    Rings at q: highs, lows (cap each), then the max deque and the min deque
-    (2 * cap each); windows up to SCAN_MAX use the deque areas as doubled rings.
-    """
-    cap = n + 1
-    pos = k % cap
-    if n <= SCAN_MAX:
-        return _hilo_window_nb(st, r, q + 2 * cap, q + 4 * cap, cap, pos, k, n, h, lo_)
-    st[r, q + pos] = h
-    st[r, q + cap + pos] = lo_
-    hi = _dq_push_nb(st, r, s, q + 2 * cap, cap, k, h, n, True)
-    lo = _dq_push_nb(st, r, s + 2, q + 4 * cap, cap, k, lo_, n, False)
-    return hi, lo
 
 
 @njit(cache=True, inline="always", fastmath=FASTMATH)
@@ -663,20 +607,6 @@ def _relvol_nb(st, r, s, q, p0, p1, p2, k, v, out, b, oc):
     avg = _rolling_mean_nb(st, r, s, q, k % cap, cap, n, k, v)
     if k >= n - 1:
         st[r, s + 1] = avg
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _rebuild_deques_nb(code, st, r, s, q, p0, p1, p2, k):
-    if code == STOCH and p0 > SCAN_MAX:
-        fk = p0
-        cap, qh, ql, qdh, qdl, _, _ = _stoch_layout_nb(q, fk, p1)
-        _dq_rebuild_nb(st, r, s, qdh, qh, cap, k, fk, True)
-        _dq_rebuild_nb(st, r, s + 2, qdl, ql, cap, k, fk, False)
-    elif code in (WILLR, DONCHIAN) and p0 > SCAN_MAX:
-        n = p0
-        cap = n + 1
-        _dq_rebuild_nb(st, r, s, q + 2 * cap, q, cap, k, n, True)
-        _dq_rebuild_nb(st, r, s + 2, q + 4 * cap, q + cap, cap, k, n, False)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -735,7 +665,6 @@ def apply_bars_nb(
                 state[r, f] = prev[r, f]
             corrected += 1
             status[b] = CORRECTED
-            fix = True
         else:
             k = seen
             for f in range(nscalar):
@@ -744,7 +673,6 @@ def apply_bars_nb(
             last_ts[r] = t
             applied += 1
             status[b] = APPLIED
-            fix = False
         h = high[b]
         lo = low[b]
         c = close[b]
@@ -760,8 +688,6 @@ def apply_bars_nb(
             f0 = fparams[j, 0]
             f1 = fparams[j, 1]
             f2 = fparams[j, 2]
-            if fix:
-                _rebuild_deques_nb(code, state, r, s, q, p0, p1, p2, k)
             if code == SMA:
                 x = v if p1 == SRC_VOLUME else c
                 _sma_nb(state, r, s, q, p0, p1, p2, k, x, out, b, oc)

@@ -36,7 +36,7 @@ def test_mistakes_are_explained(text, message):
 def test_plan_layout_is_contiguous_and_fingerprinted():
     plan = IndicatorPlan([spec("ema", 20), spec("bb", 20, 2), spec("donchian", 252)])
     assert list(plan.soff) == [0, 2, 6]  # ema 2 scalars, bb 4, then donchian
-    assert plan.nscalar == 10
+    assert plan.nscalar == 8  # donchian: prefix high, prefix low
     assert plan.roff[0] == plan.nscalar  # rings after all scalars
-    assert plan.width == plan.nscalar + 0 + 21 + 6 * 253
+    assert plan.width == plan.nscalar + 0 + 21 + 4 * 252  # 2 value rings + 2 suffix arrays
     assert plan.fingerprint != IndicatorPlan([spec("ema", 21)]).fingerprint
