@@ -4,8 +4,8 @@ State of one symbol is one float64 row: the scalar fields of every indicator of
 the plan first (``soff[j]`` is where indicator ``j``'s start), then its ring
 buffers (``roff[j]``). Before a new bar the scalar block is copied to ``prev``;
 a corrected bar (same ``ts`` as the last) restores it and re-applies. Rings hold
-``n + 1`` slots, so re-applying never needs a value the replaced bar evicted;
-monotonic deques are rebuilt from their value ring on a correction.
+``n + 1`` slots where re-applying needs the value the replaced bar evicted, ``n``
+where it does not (CCI, rolling highs and lows).
 
 Arithmetic follows TA-Lib 0.8 (classic seeding) operation by operation, so the
 values match it to rounding. Values before an output is ready are NaN.
