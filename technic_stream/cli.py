@@ -57,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     ind.add_argument("--symbol", help="only this symbol's rows")
     ind.add_argument("--out", type=Path, help="output CSV (default: standard output)")
 
+    rules = sub.add_parser("rules", help="check a rule, or see where it fires over a file of bars")
+    rsub = rules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rc = rsub.add_parser(
+        "check",
+        help="print the canonical form, indicators and history a rule needs (exit 2 if invalid)",
+    )
+    rc.add_argument("rule", help='e.g. "rsi(14) < 30 and close > sma(200)"')
+    re_ = rsub.add_parser(
+        "eval",
+        help="evaluate a rule bar by bar over a CSV/Parquet of bars; adds match/reason/score",
+        description="Same file format as 'technic-stream indicators'. Writes the input "
+        "columns plus match (1/0, empty when not ready), reason (not_ready) and, with "
+        "'rank by', score.",
+    )
+    re_.add_argument("file", type=Path)
+    re_.add_argument("rule")
+    re_.add_argument("--symbol", help="only this symbol's rows")
+    re_.add_argument("--out", type=Path, help="output CSV (default: standard output)")
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -120,6 +139,28 @@ def _cmd_indicators(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from technic_stream.rules import RuleError
+    from technic_stream.rules.cli import check_rule, eval_rule, format_rule_error
+
+    try:
+        if args.action == "check":
+            check_rule(args.rule, sys.stdout)
+            return 0
+        if args.out is None:
+            eval_rule(args.file, args.rule, symbol=args.symbol, out=sys.stdout)
+            return 0
+        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            n, matches = eval_rule(args.file, args.rule, symbol=args.symbol, out=fh)
+        tmp.replace(args.out)
+        print(f"wrote {n} rows to {args.out}; the rule matched on {matches}", file=sys.stderr)
+        return 0
+    except RuleError as exc:
+        print(format_rule_error(exc), file=sys.stderr)
+        return 2
+
+
 def _cmd_config(settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -139,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_schemas(args)
         if args.command == "indicators":
             return _cmd_indicators(args)
+        if args.command == "rules":
+            return _cmd_rules(args)
         settings = load_settings()
         if args.command == "up":
             return _cmd_up(settings, args)
