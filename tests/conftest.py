@@ -8,11 +8,20 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from technic_stream.config import Settings
 from technic_stream.local import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# CI runs the default hypothesis profile (derandomized: the same examples every run, so a
+# red CI is reproducible); HYPOTHESIS_PROFILE=deep explores ten times further at random.
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+hypothesis_settings.register_profile("default", max_examples=60, derandomize=True, **_COMMON)
+hypothesis_settings.register_profile("deep", max_examples=600, **_COMMON)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Unit tests must not pick up a developer's TECHNIC_* environment.
 for _name in list(os.environ):

@@ -53,6 +53,7 @@ class _Emitter:
     input_list: list[Input]
     specs: dict[IndicatorSpec, None]
     code: list[tuple[int, int, int, float]] = field(default_factory=list)  # op, kind, input, c
+    calls: list[int] = field(default_factory=list)  # columns of the enclosing window calls
 
     def load(self, column: str, lookback: int, lag: int) -> None:
         key = (column, lag)
@@ -62,17 +63,17 @@ class _Emitter:
             self.input_list.append(Input(column, lag, lookback))
         self.push(vm.LOAD, index)
 
-    def push(self, op: int, index: int = -1, const: float = 0.0, *, col: int = 1) -> None:
+    def push(self, op: int, index: int = -1, const: float = 0.0) -> None:
         if len(self.code) >= self.limits.max_program:
             raise RuleError(
                 self.text,
-                col,
+                self.calls[0] if self.calls else 1,  # the outermost window multiplies most
                 f"rule expands to more than {self.limits.max_program:,} steps "
                 "(window functions repeat their argument once per bar); use smaller windows",
             )
         self.code.append((op, vm.ON_STACK, index, const))
 
-    def binary(self, op: int, col: int) -> None:
+    def binary(self, op: int) -> None:
         last_op, _, index, const = self.code[-1]
         if last_op in (vm.LOAD, vm.CONST):  # the right operand is a leaf: fuse it
             self.code[-1] = (
@@ -82,7 +83,7 @@ class _Emitter:
                 const,
             )
         else:
-            self.push(op, col=col)
+            self.push(op)
 
     def emit(self, node: Node, lag: int) -> None:
         if lag > self.limits.max_history:
@@ -92,7 +93,7 @@ class _Emitter:
                 f"reads {lag} bars back; the limit is {self.limits.max_history}",
             )
         if isinstance(node, Num):
-            self.push(vm.CONST, const=node.value, col=node.col)
+            self.push(vm.CONST, const=node.value)
         elif isinstance(node, Field):
             self.load(node.name, 0, lag)
         elif isinstance(node, Indicator):
@@ -102,17 +103,24 @@ class _Emitter:
             self.emit(node.x, lag + node.n)
         elif isinstance(node, Unary):
             self.emit(node.x, lag)
-            self.push(vm.NOT if node.op == "not" else vm.NEG, col=node.col)
+            self.push(vm.NOT if node.op == "not" else vm.NEG)
         elif isinstance(node, Binary):
             self.emit(node.a, lag)
             self.emit(node.b, lag)
-            self.binary(vm.OPCODES[node.op], node.col)
+            self.binary(vm.OPCODES[node.op])
         elif isinstance(node, Call):
             self.call(node, lag)
         else:  # pragma: no cover - the parser builds only the nodes above
             raise TypeError(f"cannot compile {type(node).__name__}")
 
     def call(self, node: Call, lag: int) -> None:
+        self.calls.append(node.col)
+        try:
+            self._call(node, lag)
+        finally:
+            self.calls.pop()
+
+    def _call(self, node: Call, lag: int) -> None:
         name = node.name
         args = node.args
         if name in ("crosses_above", "crosses_below", "crosses"):
@@ -120,7 +128,7 @@ class _Emitter:
             if name == "crosses":
                 self.crossing(a, b, lag, above=True)
                 self.crossing(a, b, lag, above=False)
-                self.binary(vm.OR, node.col)
+                self.binary(vm.OR)
             else:
                 self.crossing(a, b, lag, above=name == "crosses_above")
         elif name in ("highest", "lowest"):
@@ -134,39 +142,39 @@ class _Emitter:
             self.emit(x, lag)
             for i in range(1, node.n):
                 self.emit(x, lag + i)
-                self.binary(op, node.col)
+                self.binary(op)
         elif name == "within":
             (c,) = args
             self.emit(c, lag)
             for i in range(1, node.n):
                 self.emit(c, lag + i)
-                self.binary(vm.OR, node.col)
+                self.binary(vm.OR)
         elif name == "change_pct":  # (x - x[n]) / x[n] * 100
             (x,) = args
             self.emit(x, lag)
             self.emit(x, lag + node.n)
-            self.binary(vm.SUB, node.col)
+            self.binary(vm.SUB)
             self.emit(x, lag + node.n)
-            self.binary(vm.DIV, node.col)
-            self.push(vm.CONST, const=100.0, col=node.col)
-            self.binary(vm.MUL, node.col)
+            self.binary(vm.DIV)
+            self.push(vm.CONST, const=100.0)
+            self.binary(vm.MUL)
         elif name == "abs":
             self.emit(args[0], lag)
-            self.push(vm.ABS, col=node.col)
+            self.push(vm.ABS)
         else:  # min, max
             self.emit(args[0], lag)
             self.emit(args[1], lag)
-            self.binary(vm.OPCODES[name], node.col)
+            self.binary(vm.OPCODES[name])
 
     def crossing(self, a: Node, b: Node, lag: int, *, above: bool) -> None:
         # above: a[1] <= b[1] and a > b;  below: a[1] >= b[1] and a < b
         self.emit(a, lag + 1)
         self.emit(b, lag + 1)
-        self.binary(vm.LE if above else vm.GE, a.col)
+        self.binary(vm.LE if above else vm.GE)
         self.emit(a, lag)
         self.emit(b, lag)
-        self.binary(vm.GT if above else vm.LT, a.col)
-        self.binary(vm.AND, a.col)
+        self.binary(vm.GT if above else vm.LT)
+        self.binary(vm.AND)
 
 
 def _stack_depth(code: list[tuple[int, int, int, float]]) -> int:

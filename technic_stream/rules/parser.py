@@ -140,6 +140,7 @@ class _Parser:
         self.depth = 0
         self.nodes = 0
         self.heights: dict[int, int] = {}
+        self.starts: dict[int, int] = {}  # id(node) -> column where its text starts
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -179,7 +180,11 @@ class _Parser:
                 f"nested too deeply: the rule's tree is over {self.limits.max_height} levels",
             )
         self.heights[id(node)] = height
+        self.starts[id(node)] = min([node.col, *(self.start(c) for c in node.children)])
         return node
+
+    def start(self, node: Node) -> int:
+        return self.starts.get(id(node), node.col)
 
     def enter(self, col: int) -> None:
         self.depth += 1
@@ -190,7 +195,7 @@ class _Parser:
         if node.type != type_:
             article = "a number" if type_ == NUMBER else "a condition (true/false)"
             got = "a number" if node.type == NUMBER else "a condition"
-            raise self.error(node.col, f"{what} needs {article}, but this is {got}")
+            raise self.error(self.start(node), f"{what} needs {article}, but this is {got}")
         return node
 
     # -- grammar ---------------------------------------------------------------------------
@@ -324,6 +329,7 @@ class _Parser:
             x = self.or_expr()
             self.depth -= 1
             self.expect(")", f"to close the '(' at column {t.col}")
+            self.starts[id(x)] = t.col
             return x
         if t.kind == "id":
             self.advance()

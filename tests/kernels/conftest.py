@@ -1,20 +1,10 @@
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from technic_stream.data import load_sample
-
-# CI runs the default profile (derandomized: the same examples every run, so a red CI
-# is reproducible); HYPOTHESIS_PROFILE=deep explores ten times further at random.
-_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
-settings.register_profile("default", max_examples=60, derandomize=True, **_COMMON)
-settings.register_profile("deep", max_examples=600, **_COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")
