@@ -37,6 +37,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -e '.[bench]'
 	$(BIN)/python bench/kernels.py
+	$(BIN)/python bench/rules.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

@@ -36,6 +36,10 @@ NAN = np.nan
 
 @njit(cache=True, inline="always")
 def _binary_nb(op, x, y):
+    """One operator on two values. Written without short-circuit logic (``|`` not
+    ``or``) so that, inlined with a constant ``op``, each loop compiles to selects and
+    vectorises."""
+    unknown = (x != x) | (y != y)
     if op == ADD:
         return x + y
     if op == SUB:
@@ -45,75 +49,108 @@ def _binary_nb(op, x, y):
     if op == DIV:
         return NAN if y == 0.0 else x / y
     if op == AND:
-        if x == 0.0 or y == 0.0:
-            return 0.0
-        return NAN if (x != x or y != y) else 1.0
+        return 0.0 if (x == 0.0) | (y == 0.0) else (NAN if unknown else 1.0)
     if op == OR:
-        if x == 1.0 or y == 1.0:
-            return 1.0
-        return NAN if (x != x or y != y) else 0.0
-    if x != x or y != y:
-        return NAN
+        return 1.0 if (x == 1.0) | (y == 1.0) else (NAN if unknown else 0.0)
     if op == LT:
-        return 1.0 if x < y else 0.0
-    if op == LE:
-        return 1.0 if x <= y else 0.0
-    if op == GT:
-        return 1.0 if x > y else 0.0
-    if op == GE:
-        return 1.0 if x >= y else 0.0
-    if op == EQ:
-        return 1.0 if x == y else 0.0
-    if op == NE:
-        return 1.0 if x != y else 0.0
-    if op == MIN:
-        return x if x < y else y
-    return x if x > y else y  # MAX
+        r = 1.0 if x < y else 0.0
+    elif op == LE:
+        r = 1.0 if x <= y else 0.0
+    elif op == GT:
+        r = 1.0 if x > y else 0.0
+    elif op == GE:
+        r = 1.0 if x >= y else 0.0
+    elif op == EQ:
+        r = 1.0 if x == y else 0.0
+    elif op == NE:
+        r = 1.0 if x != y else 0.0
+    elif op == MIN:
+        r = x if x < y else y
+    else:  # MAX
+        r = x if x > y else y
+    return NAN if unknown else r
+
+
+@njit(cache=True, inline="always")
+def _loop_nb(op, a, b, n):
+    for s in range(n):
+        a[s] = _binary_nb(op, a[s], b[s])
+
+
+@njit(cache=True, inline="always")
+def _loop_const_nb(op, a, y, n):
+    for s in range(n):
+        a[s] = _binary_nb(op, a[s], y)
 
 
 @njit(cache=True)
 def _binary_vec_nb(op, a, b, n):
-    # One loop per operator, so each loop body is branch-free enough to pipeline.
+    # A loop per operator with the operator a constant in it, so none branches per element.
     if op == ADD:
-        for s in range(n):
-            a[s] = a[s] + b[s]
+        _loop_nb(ADD, a, b, n)
     elif op == SUB:
-        for s in range(n):
-            a[s] = a[s] - b[s]
+        _loop_nb(SUB, a, b, n)
     elif op == MUL:
-        for s in range(n):
-            a[s] = a[s] * b[s]
+        _loop_nb(MUL, a, b, n)
+    elif op == DIV:
+        _loop_nb(DIV, a, b, n)
     elif op == LT:
-        for s in range(n):
-            a[s] = _binary_nb(LT, a[s], b[s])
+        _loop_nb(LT, a, b, n)
+    elif op == LE:
+        _loop_nb(LE, a, b, n)
     elif op == GT:
-        for s in range(n):
-            a[s] = _binary_nb(GT, a[s], b[s])
+        _loop_nb(GT, a, b, n)
+    elif op == GE:
+        _loop_nb(GE, a, b, n)
+    elif op == EQ:
+        _loop_nb(EQ, a, b, n)
+    elif op == NE:
+        _loop_nb(NE, a, b, n)
     elif op == AND:
-        for s in range(n):
-            a[s] = _binary_nb(AND, a[s], b[s])
+        _loop_nb(AND, a, b, n)
     elif op == OR:
-        for s in range(n):
-            a[s] = _binary_nb(OR, a[s], b[s])
+        _loop_nb(OR, a, b, n)
+    elif op == MIN:
+        _loop_nb(MIN, a, b, n)
     else:
-        for s in range(n):
-            a[s] = _binary_nb(op, a[s], b[s])
+        _loop_nb(MAX, a, b, n)
 
 
 @njit(cache=True)
 def _binary_const_nb(op, a, y, n):
-    if op == MUL:
-        for s in range(n):
-            a[s] = a[s] * y
+    if op == ADD:
+        _loop_const_nb(ADD, a, y, n)
+    elif op == SUB:
+        _loop_const_nb(SUB, a, y, n)
+    elif op == MUL:
+        _loop_const_nb(MUL, a, y, n)
+    elif op == DIV:
+        _loop_const_nb(DIV, a, y, n)
     elif op == LT:
-        for s in range(n):
-            a[s] = _binary_nb(LT, a[s], y)
+        _loop_const_nb(LT, a, y, n)
+    elif op == LE:
+        _loop_const_nb(LE, a, y, n)
     elif op == GT:
-        for s in range(n):
-            a[s] = _binary_nb(GT, a[s], y)
+        _loop_const_nb(GT, a, y, n)
+    elif op == GE:
+        _loop_const_nb(GE, a, y, n)
+    elif op == EQ:
+        _loop_const_nb(EQ, a, y, n)
+    elif op == NE:
+        _loop_const_nb(NE, a, y, n)
+    elif op == AND:
+        _loop_const_nb(AND, a, y, n)
+    elif op == OR:
+        _loop_const_nb(OR, a, y, n)
+    elif op == MIN:
+        _loop_const_nb(MIN, a, y, n)
     else:
-        for s in range(n):
-            a[s] = _binary_nb(op, a[s], y)
+        _loop_const_nb(MAX, a, y, n)
+
+
+#: Symbols per block: every program runs over one block before the next, so the stack
+#: (a few vectors of BLOCK doubles) stays in L1 instead of streaming through L2.
+BLOCK = 256
 
 
 @njit(cache=True)
@@ -122,48 +159,49 @@ def run_programs_nb(ops, kinds, consts, rows, offs, starts, data, n, stack, out)
 
     A LOAD (or a binary op fused with one) reads ``data[rows[i], offs[i] : offs[i] + n]``;
     a CONST (or fused) reads ``consts[i]``. ``stack`` has at least as many rows as the
-    deepest program needs and n columns.
+    deepest program needs and ``min(n, BLOCK)`` columns.
     """
-    for p in range(starts.shape[0] - 1):
-        sp = 0
-        for i in range(starts[p], starts[p + 1]):
-            op = ops[i]
-            if op == LOAD:
-                row = rows[i]
-                off = offs[i]
-                dst = stack[sp]
-                for s in range(n):
-                    dst[s] = data[row, off + s]
-                sp += 1
-            elif op == CONST:
-                v = consts[i]
-                dst = stack[sp]
-                for s in range(n):
-                    dst[s] = v
-                sp += 1
-            elif op == NEG:
-                a = stack[sp - 1]
-                for s in range(n):
-                    a[s] = -a[s]
-            elif op == NOT:
-                a = stack[sp - 1]
-                for s in range(n):
-                    a[s] = 1.0 - a[s]
-            elif op == ABS:
-                a = stack[sp - 1]
-                for s in range(n):
-                    a[s] = abs(a[s])
-            else:
-                kind = kinds[i]
-                if kind == FROM_CONST:
-                    _binary_const_nb(op, stack[sp - 1], consts[i], n)
-                elif kind == FROM_DATA:
-                    off = offs[i]
-                    _binary_vec_nb(op, stack[sp - 1], data[rows[i], off : off + n], n)
+    for b0 in range(0, n, BLOCK):
+        m = min(BLOCK, n - b0)
+        for p in range(starts.shape[0] - 1):
+            sp = 0
+            for i in range(starts[p], starts[p + 1]):
+                op = ops[i]
+                if op == LOAD:
+                    src = data[rows[i], offs[i] + b0 : offs[i] + b0 + m]
+                    dst = stack[sp]
+                    for s in range(m):
+                        dst[s] = src[s]
+                    sp += 1
+                elif op == CONST:
+                    v = consts[i]
+                    dst = stack[sp]
+                    for s in range(m):
+                        dst[s] = v
+                    sp += 1
+                elif op == NEG:
+                    a = stack[sp - 1]
+                    for s in range(m):
+                        a[s] = -a[s]
+                elif op == NOT:
+                    a = stack[sp - 1]
+                    for s in range(m):
+                        a[s] = 1.0 - a[s]
+                elif op == ABS:
+                    a = stack[sp - 1]
+                    for s in range(m):
+                        a[s] = abs(a[s])
                 else:
-                    sp -= 1
-                    _binary_vec_nb(op, stack[sp - 1], stack[sp], n)
-        res = stack[0]
-        dst = out[p]
-        for s in range(n):
-            dst[s] = res[s]
+                    kind = kinds[i]
+                    if kind == FROM_CONST:
+                        _binary_const_nb(op, stack[sp - 1], consts[i], m)
+                    elif kind == FROM_DATA:
+                        off = offs[i] + b0
+                        _binary_vec_nb(op, stack[sp - 1], data[rows[i], off : off + m], m)
+                    else:
+                        sp -= 1
+                        _binary_vec_nb(op, stack[sp - 1], stack[sp], m)
+            res = stack[0]
+            dst = out[p]
+            for s in range(m):
+                dst[b0 + s] = res[s]
