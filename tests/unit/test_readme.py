@@ -18,3 +18,15 @@ def test_the_two_commands_come_first():
     readme = (ROOT / "README.md").read_text()
     assert readme.index("make demo") < readme.index("## Configuration")
     assert readme.index("make test") < readme.index("## Configuration")
+
+
+def test_the_readme_rule_examples_parse():
+    from technic_stream.rules import parse_rule
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Rules") :]
+    block = section.split("```")[1]
+    examples = [line for line in block.strip().splitlines() if line]
+    assert len(examples) == 5
+    for text in examples:
+        parse_rule(text)
