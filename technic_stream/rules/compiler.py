@@ -318,7 +318,7 @@ class RuleSet:
         return {c: cols[c] for c in self.columns}
 
     def _run(self, data: np.ndarray, rows: np.ndarray, offs: np.ndarray, n: int) -> RuleResults:
-        stack = np.empty((self._depth, min(n, vm.BLOCK)))
+        stack = np.empty((self._depth + 1, min(n, vm.BLOCK)))
         out = np.empty((self.n_programs, n))
         vm.run_programs_nb(
             self._ops, self._kinds, self._consts, rows, offs, self._starts, data, n, stack, out

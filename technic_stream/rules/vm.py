@@ -77,12 +77,6 @@ def _loop_nb(op, a, b, n):
         a[s] = _binary_nb(op, a[s], b[s])
 
 
-@njit(cache=True, inline="always")
-def _loop_const_nb(op, a, y, n):
-    for s in range(n):
-        a[s] = _binary_nb(op, a[s], y)
-
-
 @njit(cache=True)
 def _binary_vec_nb(op, a, b, n):
     # A loop per operator with the operator a constant in it, so none branches per element.
@@ -116,38 +110,6 @@ def _binary_vec_nb(op, a, b, n):
         _loop_nb(MAX, a, b, n)
 
 
-@njit(cache=True)
-def _binary_const_nb(op, a, y, n):
-    if op == ADD:
-        _loop_const_nb(ADD, a, y, n)
-    elif op == SUB:
-        _loop_const_nb(SUB, a, y, n)
-    elif op == MUL:
-        _loop_const_nb(MUL, a, y, n)
-    elif op == DIV:
-        _loop_const_nb(DIV, a, y, n)
-    elif op == LT:
-        _loop_const_nb(LT, a, y, n)
-    elif op == LE:
-        _loop_const_nb(LE, a, y, n)
-    elif op == GT:
-        _loop_const_nb(GT, a, y, n)
-    elif op == GE:
-        _loop_const_nb(GE, a, y, n)
-    elif op == EQ:
-        _loop_const_nb(EQ, a, y, n)
-    elif op == NE:
-        _loop_const_nb(NE, a, y, n)
-    elif op == AND:
-        _loop_const_nb(AND, a, y, n)
-    elif op == OR:
-        _loop_const_nb(OR, a, y, n)
-    elif op == MIN:
-        _loop_const_nb(MIN, a, y, n)
-    else:
-        _loop_const_nb(MAX, a, y, n)
-
-
 #: Symbols per block: every program runs over one block before the next, so the stack
 #: (a few vectors of BLOCK doubles) stays in L1 instead of streaming through L2.
 BLOCK = 256
@@ -158,8 +120,8 @@ def run_programs_nb(ops, kinds, consts, rows, offs, starts, data, n, stack, out)
     """Run programs ``starts[p] .. starts[p + 1] - 1`` for p = 0..P-1 into ``out[p, :n]``.
 
     A LOAD (or a binary op fused with one) reads ``data[rows[i], offs[i] : offs[i] + n]``;
-    a CONST (or fused) reads ``consts[i]``. ``stack`` has at least as many rows as the
-    deepest program needs and ``min(n, BLOCK)`` columns.
+    a CONST (or fused) reads ``consts[i]``. ``stack`` has one row more than the deepest
+    program needs (the last row broadcasts fused constants) and ``min(n, BLOCK)`` columns.
     """
     for b0 in range(0, n, BLOCK):
         m = min(BLOCK, n - b0)
@@ -193,8 +155,12 @@ def run_programs_nb(ops, kinds, consts, rows, offs, starts, data, n, stack, out)
                         a[s] = abs(a[s])
                 else:
                     kind = kinds[i]
-                    if kind == FROM_CONST:
-                        _binary_const_nb(op, stack[sp - 1], consts[i], m)
+                    if kind == FROM_CONST:  # broadcast into the spare row
+                        spare = stack[stack.shape[0] - 1]
+                        v = consts[i]
+                        for s in range(m):
+                            spare[s] = v
+                        _binary_vec_nb(op, stack[sp - 1], spare, m)
                     elif kind == FROM_DATA:
                         off = offs[i] + b0
                         _binary_vec_nb(op, stack[sp - 1], data[rows[i], off : off + m], m)
