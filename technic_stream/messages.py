@@ -31,6 +31,7 @@ __all__ = [
     "Alert",
     "AlertRule",
     "Bar",
+    "BarBatch",
     "Message",
     "ScanControl",
     "ScanMatch",
@@ -128,6 +129,79 @@ class Bar(_Message):
                 f"low {self.low} is above min(open, close) {min(self.open, self.close)}"
             )
         return self
+
+
+#: Most rows one BarBatch may carry (keep a batch well under the message size limit).
+MAX_BATCH_ROWS = 20_000
+
+
+class BarBatch(_Message):
+    """Many bars of one timeframe as columns, for high-volume producers.
+
+    Row i is the bar (symbols[i], ts[i], open[i], …). Rows keep per-symbol arrival
+    order, and a batch only holds symbols of the partition it is written to (grouped by
+    the same key hash as Bar messages), so per-symbol ordering and ownership still hold.
+    Every row obeys the same rules as a :class:`Bar`.
+    """
+
+    type: Literal["bar_batch"] = "bar_batch"
+    v: Literal[1] = 1
+    tf: Timeframe
+    symbols: Annotated[list[Symbol], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    ts: Annotated[list[EpochMs], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    open: Annotated[list[Price], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    high: Annotated[list[Price], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    low: Annotated[list[Price], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    close: Annotated[list[Price], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+    volume: Annotated[list[Quantity], Field(min_length=1, max_length=MAX_BATCH_ROWS)]
+
+    @model_validator(mode="after")
+    def _rows_consistent(self) -> BarBatch:
+        n = len(self.symbols)
+        for name in ("ts", "open", "high", "low", "close", "volume"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} rows, symbols has {n}")
+        rows = zip(self.open, self.high, self.low, self.close, strict=True)
+        for i, (o, h, lo, c) in enumerate(rows):
+            if h < max(o, c, lo):
+                raise ValueError(f"row {i}: high {h} is below max(open, close, low)")
+            if lo > min(o, c):
+                raise ValueError(f"row {i}: low {lo} is above min(open, close)")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def bars(self) -> list[Bar]:
+        """The rows as :class:`Bar` messages (for tools and tests, not the hot path)."""
+        return [
+            Bar.model_construct(
+                symbol=s, tf=self.tf, ts=t, open=o, high=h, low=lo, close=c, volume=v
+            )
+            for s, t, o, h, lo, c, v in zip(
+                self.symbols, self.ts, self.open, self.high, self.low, self.close, self.volume,
+                strict=True,
+            )
+        ]  # fmt: skip
+
+    @classmethod
+    def from_bars(cls, bars: list[Bar]) -> BarBatch:
+        """Columns from bars of one timeframe, in the given order."""
+        if not bars:
+            raise ValueError("a BarBatch needs at least one bar")
+        tf = bars[0].tf
+        if any(b.tf != tf for b in bars):
+            raise ValueError("a BarBatch holds one timeframe")
+        return cls(
+            tf=tf,
+            symbols=[b.symbol for b in bars],
+            ts=[b.ts for b in bars],
+            open=[b.open for b in bars],
+            high=[b.high for b in bars],
+            low=[b.low for b in bars],
+            close=[b.close for b in bars],
+            volume=[b.volume for b in bars],
+        )
 
 
 class ScanRequest(_Message):
@@ -323,6 +397,7 @@ def alert_id(rule_id: str, symbol: str, tf: str, ts: int) -> str:
 Message = (
     Trade
     | Bar
+    | BarBatch
     | ScanRequest
     | ScanControl
     | ScanTask
@@ -335,6 +410,7 @@ Message = (
 MODELS: tuple[type[_Message], ...] = (
     Trade,
     Bar,
+    BarBatch,
     ScanRequest,
     ScanControl,
     ScanTask,

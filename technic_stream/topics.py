@@ -37,12 +37,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(
         name="md.bars",
         key="symbol",
-        messages=("Bar",),
+        messages=("Bar", "BarBatch"),
         writers=("bar builder", "replay", "synthetic", "other services"),
         readers=("engine", "archiver"),
         description=(
             "OHLCV bars of any timeframe (field tf). A bar with the same ts as the previous "
-            "one for its symbol and timeframe is a correction and replaces it."
+            "one for its symbol and timeframe is a correction and replaces it. High-volume "
+            "producers may send BarBatch (columns of many bars); a batch only holds symbols "
+            "of the partition it is written to, keyed by its first symbol."
         ),
     ),
     TopicSpec(

@@ -11,6 +11,7 @@ from technic_stream.messages import (
     Alert,
     AlertRule,
     Bar,
+    BarBatch,
     ScanControl,
     ScanProgress,
     ScanRequest,
@@ -46,6 +47,16 @@ def samples():
     return [
         Trade(symbol="MSFT", ts=1, price=1.5, size=100, trade_id="x"),
         Bar.model_validate(BAR),
+        BarBatch(
+            tf="1m",
+            symbols=["AAPL", "MSFT"],
+            ts=[1, 1],
+            open=[10.0, 20.0],
+            high=[11.0, 21.0],
+            low=[9.5, 19.0],
+            close=[10.5, 20.5],
+            volume=[100.0, 0.0],
+        ),
         req,
         ScanControl(scan_id="s1", owner="u1", action="cancel", ts=2),
         ScanTask(scan_id="s1", chunk=0, chunks=2, symbols=["AAPL"], request=req, ts=3),
@@ -194,3 +205,33 @@ def test_any_consistent_bar_round_trips(o, c, up, down, vol):
     back = decode(encode(bar), Bar)
     assert back == bar
     assert all(math.isfinite(x) for x in (back.open, back.high, back.low, back.close))
+
+
+def test_bar_batch_round_trips_through_bars():
+    bars = [Bar.model_validate(BAR), Bar.model_validate({**BAR, "symbol": "IBM", "ts": 5})]
+    batch = BarBatch.from_bars(bars)
+    assert len(batch) == 2 and batch.bars() == bars
+    assert decode(encode(batch)) == batch
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"ts": [1]}, "ts has 1 rows, symbols has 2"),
+        ({"high": [11.0, 19.5]}, "row 1: high 19.5 is below max(open, close, low)"),
+        ({"low": [9.5, 20.6]}, "row 1: low 20.6 is above min(open, close)"),
+        ({"symbols": ["AAPL", "bad symbol"]}, "symbols.1: String should match pattern"),
+        ({"close": [10.5, -1.0]}, "close.1: Input should be greater than 0"),
+        (
+            {"symbols": [], "ts": [], "open": [], "high": [], "low": [], "close": [], "volume": []},
+            "symbols: List should have at least 1 item",
+        ),
+    ],
+)
+def test_bar_batch_rejects_inconsistent_rows(change, reason):
+    doc = {"type": "bar_batch", "v": 1, "tf": "1m", "symbols": ["AAPL", "MSFT"], "ts": [1, 1],
+           "open": [10.0, 20.0], "high": [11.0, 21.0], "low": [9.5, 19.0],
+           "close": [10.5, 20.5], "volume": [100.0, 0.0], **change}  # fmt: skip
+    with pytest.raises(MessageDecodeError) as info:
+        decode(orjson.dumps(doc))
+    assert reason in str(info.value)
