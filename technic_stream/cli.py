@@ -76,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     re_.add_argument("--symbol", help="only this symbol's rows")
     re_.add_argument("--out", type=Path, help="output CSV (default: standard output)")
 
+    syn = sub.add_parser(
+        "synth",
+        help="publish a seeded synthetic market to Kafka (bars, BarBatch or trades)",
+        description="Geometric random walk per symbol with overnight gaps, a U-shaped intraday "
+        "volume profile and trading halts; the same seed gives the same market.",
+    )
+    syn.add_argument("--symbols", type=int, default=500)
+    syn.add_argument(
+        "--steps", type=int, default=390, help="bar times to publish (390 = a day of 1m)"
+    )
+    syn.add_argument("--tf", default="1m", help="1s 1m 5m 15m 30m 1h 4h 1d")
+    syn.add_argument("--format", choices=("bars", "batch", "trades"), default="bars")
+    syn.add_argument(
+        "--rate", type=float, default=0.0, help="bars/s (trades/s); 0 = as fast as possible"
+    )
+    syn.add_argument("--seed", type=int, default=7)
+    syn.add_argument("--start", default="2026-01-05", help="first session day, YYYY-MM-DD")
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -161,6 +179,26 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
+    from technic_stream.marketdata.run import run_synth
+    from technic_stream.marketdata.synth import SynthConfig
+
+    config = SynthConfig(symbols=args.symbols, seed=args.seed, tf=args.tf, start=args.start)
+    if args.steps < 1:
+        raise ValueError("--steps must be at least 1")
+    report = asyncio.run(
+        run_synth(settings, config, steps=args.steps, fmt=args.format, rate=args.rate)
+    )
+    unit = "trades" if args.format == "trades" else "bars"
+    count = report.trades if args.format == "trades" else report.bars
+    print(
+        f"sent {count:,} {unit} of {config.symbols:,} symbols in {report.messages:,} messages "
+        f"to {report.topic} in {report.seconds:.1f}s ({count / max(report.seconds, 1e-9):,.0f} "
+        f"{unit}/s)"
+    )
+    return 0
+
+
 def _cmd_config(settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -189,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_topics(settings, args)
         if args.command == "config":
             return _cmd_config(settings)
+        if args.command == "synth":
+            return _cmd_synth(settings, args)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)
         return 2
