@@ -23,7 +23,18 @@ import numpy as np
 from technic_stream.indicators.registry import IndicatorSpec, spec
 from technic_stream.indicators.series import batch_outputs
 from technic_stream.rules import vm
-from technic_stream.rules.ast import FIELDS, Binary, Call, Field, Indicator, Lag, Node, Num, Unary
+from technic_stream.rules.ast import (
+    FIELDS,
+    Binary,
+    Call,
+    Field,
+    Indicator,
+    Lag,
+    Node,
+    Num,
+    Rule,
+    Unary,
+)
 from technic_stream.rules.parser import RuleError, RuleLimits, parse_rule
 
 __all__ = ["Input", "RuleResults", "RuleSet", "compile_rules"]
@@ -224,12 +235,10 @@ class RuleResults:
 class RuleSet:
     """Rules compiled together over one shared input table."""
 
-    def __init__(self, rules: Sequence[str | object], limits: RuleLimits | None = None) -> None:
-        from technic_stream.rules.ast import Rule
-
+    def __init__(self, rules: Sequence[str | Rule], limits: RuleLimits | None = None) -> None:
         self.limits = limits or RuleLimits()
         self.rules: list[Rule] = [
-            r if isinstance(r, Rule) else parse_rule(str(r), self.limits) for r in rules
+            r if isinstance(r, Rule) else parse_rule(r, self.limits) for r in rules
         ]
         inputs: dict[tuple[str, int], int] = {}
         self.inputs: list[Input] = []
@@ -326,6 +335,6 @@ class RuleSet:
         return RuleResults(out, self._where, self._rank)
 
 
-def compile_rules(rules: Sequence[str], limits: RuleLimits | None = None) -> RuleSet:
+def compile_rules(rules: Sequence[str | Rule], limits: RuleLimits | None = None) -> RuleSet:
     """Parse, check and compile ``rules`` together; raise RuleError for the first bad one."""
     return RuleSet(rules, limits)
