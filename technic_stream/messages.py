@@ -76,9 +76,10 @@ Timeframe = Literal["1s", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w"]
 EpochMs = Annotated[
     int, Field(strict=True, ge=0, le=MAX_TS_MS, description="epoch milliseconds UTC")
 ]
-Price = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Quantity = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+# strict: a number on the wire, never a string or a boolean coerced into one
+Price = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+Quantity = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Count = Annotated[int, Field(strict=True, ge=0)]
 RuleText = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Values = Annotated[
@@ -99,7 +100,7 @@ class Trade(_Message):
     symbol: Symbol
     ts: EpochMs
     price: Price
-    size: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    size: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
     trade_id: Annotated[str, StringConstraints(max_length=64)] | None = None
 
 
@@ -291,8 +292,10 @@ class ScanProgress(_Message):
     stage: ScanStage
     done: Count
     total: Count
-    percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
-    rate: Annotated[float, Field(ge=0, allow_inf_nan=False, description="symbols per second")]
+    percent: Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
+    rate: Annotated[
+        float, Field(strict=True, ge=0, allow_inf_nan=False, description="symbols per second")
+    ]
     eta_ms: Count | None = None
     current_symbol: Symbol | None = None
     cache_hits: Count = 0

@@ -6,88 +6,25 @@ import csv
 import math
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from technic_stream.errors import TechnicStreamError
+from technic_stream.data.files import BarFileError, read_bar_file
 from technic_stream.indicators.plan import IndicatorPlan
 from technic_stream.indicators.state import IndicatorState
 
 __all__ = ["BarFileError", "read_bars", "run_indicators"]
 
-_TIME_COLUMNS = ("ts", "timestamp", "time", "date", "datetime")
-_REQUIRED = ("open", "high", "low", "close", "volume")
-
-
-class BarFileError(TechnicStreamError):
-    """A bar file that cannot be read; the message names the file, line and column."""
-
-
-def _parse_time(text: str, where: str) -> int:
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        value = int(text)
-        return value * 1000 if abs(value) < 100_000_000_000 else value  # seconds or ms
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise BarFileError(f"{where}: cannot read time {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
 
 def read_bars(path: Path) -> tuple[list[str], list[dict[str, str]], dict[str, np.ndarray]]:
-    """Columns, raw rows and parsed arrays (symbol, ts, OHLCV) of a CSV or Parquet file."""
-    if not path.exists():
-        raise BarFileError(f"{path}: no such file")
-    if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise BarFileError(
-                f"{path}: reading Parquet needs pyarrow (pip install pyarrow)"
-            ) from None
-        table = pq.read_table(path)
-        header = list(table.column_names)
-        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in table.to_pylist()]
-    else:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None:
-                raise BarFileError(f"{path}: empty file")
-            header = list(reader.fieldnames)
-            rows = list(reader)
-    lower = {name.strip().lower(): name for name in header}
-    missing = [c for c in _REQUIRED if c not in lower]
-    time_col = next((lower[c] for c in _TIME_COLUMNS if c in lower), None)
-    if missing or time_col is None:
-        need = missing + ([] if time_col else ["date or ts"])
-        raise BarFileError(
-            f"{path}: missing column(s) {', '.join(need)}; found {', '.join(header)}"
-        )
-    symbol_col = lower.get("symbol") or lower.get("ticker")
-    n = len(rows)
-    arrays = {c: np.empty(n) for c in _REQUIRED}
-    ts = np.empty(n, dtype=np.int64)
-    symbols = []
-    for i, row in enumerate(rows):
-        where = f"{path}:{i + 2}"
-        ts[i] = _parse_time(row[time_col], where)
-        for c in _REQUIRED:
-            raw = row[lower[c]]
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                raise BarFileError(f"{where}: {c} {raw!r} is not a number") from None
-            if not math.isfinite(value):
-                raise BarFileError(f"{where}: {c} is not finite")
-            arrays[c][i] = value
-        symbols.append(row[symbol_col].strip() if symbol_col else "")
-    return header, rows, {"symbol": np.array(symbols, dtype=object), "ts": ts, **arrays}
+    """Columns, raw rows and parsed arrays (symbol, ts, OHLCV) of a CSV or Parquet file.
+
+    Strict: the first bad row stops the command with its line number.
+    """
+    bars = read_bar_file(path, strict=True, anonymous=True)
+    return bars.header, bars.rows, bars.columns()
 
 
 def run_indicators(path: Path, indicators: str, *, symbol: str | None, out: TextIO) -> int:

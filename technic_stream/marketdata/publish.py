@@ -57,14 +57,14 @@ class BarPublisher:
 
     async def bars(self, cols: BarColumns) -> int:
         """One message per bar; returns the bars sent."""
-        ts = cols.ts
+        times = _times(cols, np.arange(len(cols)))
         for j, i in enumerate(cols.index.tolist()):
             payload = {
                 "type": "bar",
                 "v": 1,
                 "symbol": self.symbols[i],
                 "tf": self.tf,
-                "ts": ts,
+                "ts": times[j],
                 "open": float(cols.open[j]),
                 "high": float(cols.high[j]),
                 "low": float(cols.low[j]),
@@ -91,7 +91,7 @@ class BarPublisher:
                     "v": 1,
                     "tf": self.tf,
                     "symbols": [self.symbols[i] for i in idx.tolist()],
-                    "ts": [cols.ts] * rows.shape[0],
+                    "ts": _times(cols, rows),
                     "open": cols.open[rows].tolist(),
                     "high": cols.high[rows].tolist(),
                     "low": cols.low[rows].tolist(),
@@ -122,6 +122,12 @@ class BarPublisher:
             await self.producer.send(self.topic, orjson.dumps(payload), key=self.keys[i])
             self.messages += 1
         return int(cols.index.shape[0])
+
+
+def _times(cols: BarColumns, rows: np.ndarray) -> list[int]:
+    if isinstance(cols.ts, int):
+        return [cols.ts] * rows.shape[0]
+    return [int(t) for t in cols.ts[rows].tolist()]
 
 
 class Pacer:

@@ -51,10 +51,13 @@ class SynthConfig:
 
 @dataclass(frozen=True, slots=True)
 class BarColumns:
-    """One time step: the bars of the symbols that traded (``index`` into the universe)."""
+    """Bars of the symbols that traded (``index`` into the universe).
+
+    ``ts`` is one bar time for the whole step (the generator), or one per row (replay).
+    """
 
     index: np.ndarray  # int64
-    ts: int
+    ts: int | np.ndarray
     open: np.ndarray
     high: np.ndarray
     low: np.ndarray
@@ -184,7 +187,8 @@ def split_into_trades(bars: BarColumns, tf_ms: int, rng: np.random.Generator) ->
     price = np.where(pos == 0, o, np.where(pos == 1, h, np.where(pos == 2, lo, price)))
     price = np.round(np.where(last, c, price), 4)
     # times: evenly spaced inside the bar, the first at its open
-    ts = bars.ts + _within_bar(pos, counts, tf_ms)
+    start = bars.ts if isinstance(bars.ts, int) else bars.ts[keep][bar_of]
+    ts = start + _within_bar(pos, counts, tf_ms)
     # sizes: a multinomial split of the bar's volume, every trade at least one share
     vol = bars.volume[keep]
     size = np.ones(total)

@@ -1,0 +1,143 @@
+"""The column decoder of ``md.bars`` gives the strict models' verdict on every record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from technic_stream.errors import MessageDecodeError
+from technic_stream.marketdata.decode import decode_bar_records
+from technic_stream.messages import Bar, BarBatch, decode
+
+
+@dataclass
+class Rec:
+    value: bytes | None
+    topic: str = "t"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+
+
+def _model_ok(value: bytes | None) -> bool:
+    try:
+        decode(value)  # type: ignore[arg-type]
+    except MessageDecodeError:
+        return False
+    return True
+
+
+GOOD = {
+    "type": "bar",
+    "v": 1,
+    "symbol": "AAPL",
+    "tf": "1m",
+    "ts": 1_700_000_000_000,
+    "open": 10.0,
+    "high": 11.0,
+    "low": 9.5,
+    "close": 10.5,
+    "volume": 100.0,
+}
+
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.integers(-5, 50),
+    st.sampled_from([0, 0.0, -1.0, 1e308, "1.5", True, None, 2**70]),
+)
+mutations = st.dictionaries(
+    st.sampled_from(["symbol", "tf", "ts", "open", "high", "low", "close", "volume", "v", "x"]),
+    st.one_of(
+        numbers,
+        st.sampled_from(["aapl", "", "A" * 40, "1d", "2m", "BRK.B", -1, 7_258_118_400_001]),
+    ),
+    max_size=3,
+)
+
+
+@given(mutations, st.booleans())
+def test_single_bars_match_the_model(change, drop_one):
+    obj = {**GOOD, **change}
+    if drop_one and change:
+        obj.pop(next(iter(change)))
+    value = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS) if _serialisable(obj) else b"{"
+    rows, bad = decode_bar_records([Rec(value)])
+    assert (len(rows) == 1) == _model_ok(value) == (not bad)
+    if len(rows):
+        bar = decode(value, Bar)
+        assert rows.symbol[0] == bar.symbol and rows.ts[0] == bar.ts
+        assert rows.high[0] == bar.high and rows.volume[0] == bar.volume
+
+
+def _serialisable(obj: dict) -> bool:
+    try:
+        orjson.dumps(obj)
+    except TypeError:
+        return False
+    return True
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(1, 100), st.floats(0, 5), st.floats(0, 5), st.floats(0, 1e6)),
+        min_size=1,
+        max_size=20,
+    ),
+    st.one_of(st.none(), st.tuples(st.integers(0, 19), st.sampled_from(list(GOOD)[4:]), numbers)),
+)
+def test_batches_match_the_model(rows_in, corrupt):
+    n = len(rows_in)
+    batch = {
+        "type": "bar_batch",
+        "v": 1,
+        "tf": "1d",
+        "symbols": [f"S{i}" for i in range(n)],
+        "ts": [1_000 * i for i in range(n)],
+        "open": [r[0] for r in rows_in],
+        "high": [r[0] + r[1] for r in rows_in],
+        "low": [max(r[0] - r[2], 0.01) for r in rows_in],
+        "close": [r[0] for r in rows_in],
+        "volume": [r[3] for r in rows_in],
+    }
+    if corrupt is not None:
+        i, field, value = corrupt
+        if i < n:
+            batch[field][i] = value
+    value = orjson.dumps(batch) if _serialisable(batch) else b"[1"
+    rows, bad = decode_bar_records([Rec(value)])
+    ok = _model_ok(value)
+    assert (not bad) == ok
+    assert len(rows) == (n if ok else 0)
+    if ok:
+        model = decode(value, BarBatch)
+        assert rows.symbol.tolist() == model.symbols and rows.low.tolist() == model.low
+
+
+def test_good_records_keep_their_order_and_bad_ones_say_why():
+    bars = [{**GOOD, "ts": GOOD["ts"] + i} for i in range(3)]
+    recs = [
+        Rec(orjson.dumps(bars[0]), offset=0),
+        Rec(b"not json", offset=1),
+        Rec(orjson.dumps({**bars[1], "low": 10.2}), offset=2),
+        Rec(None, offset=3),
+        Rec(orjson.dumps(bars[2]), offset=4),
+        Rec(orjson.dumps({**GOOD, "type": "trade"}), offset=5),
+    ]
+    rows, bad = decode_bar_records(recs)
+    assert rows.record.tolist() == [0, 4]
+    assert rows.ts.tolist() == [GOOD["ts"], GOOD["ts"] + 2]
+    reasons = {r.offset: why for r, why in bad}
+    assert reasons[1].startswith("invalid JSON")
+    assert reasons[2] == "low is above min(open, close)"
+    assert "tombstone" in reasons[3]
+    assert "'trade'" in reasons[5]
+
+
+@pytest.mark.parametrize("size", [1_000_001])
+def test_oversized_records_are_rejected_unread(size):
+    rows, bad = decode_bar_records([Rec(b" " * size)], max_bytes=1_000_000)
+    assert not len(rows) and "exceeds the limit" in bad[0][1]
