@@ -53,7 +53,7 @@ class BarRows:
         return int(self.ts.shape[0])
 
     def take(self, idx: np.ndarray) -> BarRows:
-        return BarRows(*(getattr(self, f)[idx] for f in self.__slots__))  # type: ignore[attr-defined]
+        return BarRows(*(getattr(self, f)[idx] for f in self.__slots__))
 
 
 def _symbol_ok(sym: object) -> bool:
@@ -61,10 +61,10 @@ def _symbol_ok(sym: object) -> bool:
         return False
     if sym in _known_symbols:
         return True
-    if _SYMBOL_RE.match(sym) is None:  # type: ignore[arg-type]
+    if _SYMBOL_RE.match(sym) is None:
         return False
     if len(_known_symbols) < 1_000_000:
-        _known_symbols.add(sym)  # type: ignore[arg-type]
+        _known_symbols.add(sym)
     return True
 
 
