@@ -114,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--format", choices=("bars", "batch"), default="bars")
 
+    bf = sub.add_parser(
+        "backfill",
+        help="load a bar file (default: the bundled sample) straight into the MongoDB archive",
+        description="Same file options as replay. Idempotent: loading a file twice stores "
+        "each bar once; a row for a bar already stored replaces it.",
+    )
+    _bar_file_options(bf)
+
+    sub.add_parser(
+        "archiver", help="run the archiver: md.bars, scan results and alerts into MongoDB"
+    )
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -158,6 +170,41 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         f"{report.skipped:,} of {report.rows_read:,} rows skipped"
     )
     return 0
+
+
+def _cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from technic_stream.marketdata.archiver import run_backfill
+
+    if not settings.mongo_url:
+        raise ConfigError("TECHNIC_MONGO_URL: required to backfill (or use 'up')")
+    report = asyncio.run(run_backfill(settings, _replay_config(args)))
+    print(
+        f"archived {report.bars:,} {report.tf} bars of {report.symbols} symbols "
+        f"({report.buckets_written:,} buckets written) in {report.seconds:.1f}s; "
+        f"{report.skipped:,} of {report.rows_read:,} rows skipped"
+    )
+    return 0
+
+
+def _cmd_service(settings: Settings, name: str) -> int:
+    from technic_stream.app.runtime import run
+    from technic_stream.app.service import run_standalone
+    from technic_stream.app.up import service_main
+    from technic_stream.logs import configure_logging
+
+    missing = [
+        var
+        for var, value in (
+            ("TECHNIC_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+            ("TECHNIC_REDIS_URL", settings.redis_url),
+            ("TECHNIC_MONGO_URL", settings.mongo_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: required (or run everything with 'up')")
+    configure_logging(settings.log_level, settings.log_format)
+    return run(run_standalone(settings, name, service_main(name)))
 
 
 def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -293,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_synth(settings, args)
         if args.command == "replay":
             return _cmd_replay(settings, args)
+        if args.command == "backfill":
+            return _cmd_backfill(settings, args)
+        if args.command in ("archiver",):
+            return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)
         return 2

@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
-from typing import Any, TextIO
+from typing import TextIO
 
 from technic_stream.app.ops import OpsServer
 from technic_stream.app.runtime import install_stop_signals
+from technic_stream.app.service import ServiceMain
 from technic_stream.config import Settings
 from technic_stream.kafka import ensure_topics
 from technic_stream.local import LocalStack
@@ -24,14 +24,26 @@ from technic_stream.local.servers import kafka_answers
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 
-__all__ = ["SERVICES", "run_up"]
+__all__ = ["SERVICES", "run_up", "service_main"]
 
 log = logging.getLogger(__name__)
 
-#: Services that ``up`` runs, as (name, factory(settings, stop) -> coroutine).
-#: Each later capability registers its process here.
-ServiceMain = Callable[[Settings, asyncio.Event], Coroutine[Any, Any, None]]
-SERVICES: list[tuple[str, ServiceMain]] = []
+
+def _services() -> list[tuple[str, ServiceMain]]:
+    """Services that ``up`` runs, in start order: (name, main(settings, stop, ops))."""
+    from technic_stream.marketdata.archiver import archiver_service
+
+    return [("archiver", archiver_service)]
+
+
+SERVICES: list[tuple[str, ServiceMain]] = _services()
+
+
+def service_main(name: str) -> ServiceMain:
+    for known, main in SERVICES:
+        if known == name:
+            return main
+    raise ValueError(f"unknown service {name!r}; services: {', '.join(n for n, _ in SERVICES)}")
 
 
 async def _kafka_ready(bootstrap: str) -> None:
@@ -65,7 +77,7 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout) -> int:
             )
             await exits.enter_async_context(ops)
             tasks = {
-                name: asyncio.create_task(factory(live, stop), name=name)
+                name: asyncio.create_task(factory(live, stop, ops), name=name)
                 for name, factory in SERVICES
             }
             _print_summary(out, stack, topics, ops.url, list(tasks))
