@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         "archiver", help="run the archiver: md.bars, scan results and alerts into MongoDB"
     )
 
+    sub.add_parser(
+        "bars",
+        help="run the bar builder: md.trades into 1s/1m bars and rollups on md.bars",
+        description="Timeframes, grace and session come from TECHNIC_BAR_TIMEFRAMES, "
+        "TECHNIC_BAR_GRACE_MS and TECHNIC_SESSION_TZ/OPEN/CLOSE.",
+    )
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -342,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(settings, args)
         if args.command == "backfill":
             return _cmd_backfill(settings, args)
-        if args.command in ("archiver",):
+        if args.command in ("archiver", "bars"):
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

@@ -80,6 +80,26 @@ class Settings(BaseSettings):
     ops_host: str = "127.0.0.1"
     ops_port: int = Field(default=9400, ge=0, le=65535)
 
+    # Bar builder (trades → bars).
+    bar_timeframes: str = Field(
+        default="1s,1m,5m,15m,1h,1d", description="bars built from trades, comma-separated"
+    )
+    bar_grace_ms: int = Field(
+        default=2_000, ge=0, le=3_600_000, description="how late a trade may still correct"
+    )
+    session_tz: str = Field(default="America/New_York", description="time zone of the session")
+    session_open: str = Field(default="09:30", pattern=r"^\d\d:\d\d$")
+    session_close: str = Field(default="16:00", pattern=r"^\d\d:\d\d$")
+    max_future_ms: int = Field(
+        default=300_000,
+        ge=0,
+        description="event times further ahead of the wall clock go to the DLQ",
+    )
+
+    # Stateful consumers: how often state is checkpointed with its offsets (and always on
+    # revoke and shutdown).
+    checkpoint_interval_s: float = Field(default=1.0, ge=0, le=3_600)
+
     # Lifecycle.
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
 

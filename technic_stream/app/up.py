@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 def _services() -> list[tuple[str, ServiceMain]]:
     """Services that ``up`` runs, in start order: (name, main(settings, stop, ops))."""
     from technic_stream.marketdata.archiver import archiver_service
+    from technic_stream.marketdata.bar_service import bar_service
 
-    return [("archiver", archiver_service)]
+    return [("bars", bar_service), ("archiver", archiver_service)]
 
 
 SERVICES: list[tuple[str, ServiceMain]] = _services()

@@ -23,7 +23,7 @@ import orjson
 from technic_stream.kafka.dlq import KafkaRecord
 from technic_stream.messages import MAX_BATCH_ROWS, MAX_TS_MS, TIMEFRAMES
 
-__all__ = ["BarRows", "decode_bar_records"]
+__all__ = ["BarRows", "TradeRows", "decode_bar_records", "decode_trade_records"]
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._/:^=-]{0,31}$")
 _BAR_KEYS = frozenset(("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume"))
@@ -252,3 +252,119 @@ def _ints(values: list[int]) -> np.ndarray:
         return np.asarray(values, dtype=np.int64)
     except OverflowError:  # a ts beyond int64: mark it out of range
         return np.asarray([v if -(2**62) < v < 2**62 else -1 for v in values], dtype=np.int64)
+
+
+_TRADE_KEYS = frozenset(("type", "v", "symbol", "ts", "price", "size"))
+_TRADE_ID_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRows:
+    """Good trades as columns, in record order."""
+
+    record: np.ndarray  # int64
+    symbol: list[str]
+    ts: np.ndarray  # int64
+    price: np.ndarray
+    size: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+def _trade_structure(obj: Any) -> str | None:
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    if obj.get("type") != "trade":
+        return f"expected message type 'trade', got {obj.get('type')!r}"
+    if obj.get("v") != 1 or obj["v"].__class__ is not int:
+        return f"unsupported version v={obj.get('v')!r} of 'trade'"
+    keys = obj.keys()
+    if keys != _TRADE_KEYS:
+        missing = sorted(_TRADE_KEYS - keys)
+        extra = sorted(keys - _TRADE_KEYS - {"trade_id"})
+        if missing:
+            return f"missing field(s) {missing}"
+        if extra:
+            return f"unexpected field(s) {extra}"
+        tid = obj["trade_id"]
+        if tid is not None and (tid.__class__ is not str or len(tid) > _TRADE_ID_MAX):
+            return "trade_id: must be a string of at most 64 characters, or null"
+    if not _symbol_ok(obj["symbol"]):
+        return f"symbol: {obj['symbol']!r} is not a valid ticker"
+    if obj["ts"].__class__ is not int:
+        return "ts: must be an integer (epoch ms)"
+    if not _is_number(obj["price"]):
+        return "price: must be a number"
+    if not _is_number(obj["size"]):
+        return "size: must be a number"
+    return None
+
+
+def decode_trade_records(
+    records: Sequence[KafkaRecord],
+    *,
+    max_bytes: int = 1_000_000,
+    latest_ts: int | None = None,
+) -> tuple[TradeRows, list[tuple[KafkaRecord, str]]]:
+    """Columns of every good trade, and (record, reason) for each rejected record.
+
+    ``latest_ts`` rejects trades stamped after it (a clock far ahead would close every
+    open bar of the partition at once).
+    """
+    bad: list[tuple[KafkaRecord, str]] = []
+    rec_ix: list[int] = []
+    syms: list[str] = []
+    ts_l: list[int] = []
+    px_l: list[Any] = []
+    sz_l: list[Any] = []
+    for i, record in enumerate(records):
+        data = record.value
+        if data is None:
+            bad.append((record, "null value (tombstone) where a trade was expected"))
+            continue
+        if len(data) > max_bytes:
+            bad.append((record, f"message of {len(data)} bytes exceeds the limit of {max_bytes}"))
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            bad.append((record, f"invalid JSON: {exc}"))
+            continue
+        reason = _trade_structure(obj)
+        if reason is not None:
+            bad.append((record, reason))
+            continue
+        rec_ix.append(i)
+        syms.append(obj["symbol"])
+        ts_l.append(obj["ts"])
+        px_l.append(obj["price"])
+        sz_l.append(obj["size"])
+    ts = _ints(ts_l)
+    price = np.asarray(px_l, dtype=np.float64)
+    size = np.asarray(sz_l, dtype=np.float64)
+    code = np.zeros(ts.shape[0], dtype=np.int8)
+    code[~np.isfinite(size) | (size <= 0)] = 3
+    code[~np.isfinite(price) | (price <= 0)] = 2
+    code[(ts < 0) | (ts > MAX_TS_MS)] = 1
+    if latest_ts is not None:
+        code[(code == 0) & (ts > latest_ts)] = 4
+    rows = TradeRows(np.asarray(rec_ix, dtype=np.int64), syms, ts, price, size)
+    if not code.any():
+        return rows, bad
+    reasons = (
+        "",
+        "ts: outside 1970-2200 (epoch milliseconds expected)",
+        "price: must be a finite number > 0",
+        "size: must be a finite number > 0",
+        "ts: ahead of the wall clock by more than the allowed skew",
+    )
+    for j in np.flatnonzero(code).tolist():
+        bad.append((records[int(rows.record[j])], reasons[code[j]]))
+    keep = np.flatnonzero(code == 0)
+    return (
+        TradeRows(
+            rows.record[keep], [syms[j] for j in keep.tolist()], ts[keep], price[keep], size[keep]
+        ),
+        bad,
+    )

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from technic_stream.errors import MessageDecodeError
-from technic_stream.marketdata.decode import decode_bar_records
-from technic_stream.messages import Bar, BarBatch, decode
+from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
+from technic_stream.messages import Bar, BarBatch, Trade, decode
 
 
 @dataclass
@@ -141,3 +141,31 @@ def test_good_records_keep_their_order_and_bad_ones_say_why():
 def test_oversized_records_are_rejected_unread(size):
     rows, bad = decode_bar_records([Rec(b" " * size)], max_bytes=1_000_000)
     assert not len(rows) and "exceeds the limit" in bad[0][1]
+
+
+GOOD_TRADE = {"type": "trade", "v": 1, "symbol": "AAPL", "ts": 1_700_000_000_000, "price": 10.5,
+              "size": 100.0}  # fmt: skip
+trade_mutations = st.dictionaries(
+    st.sampled_from(["symbol", "ts", "price", "size", "v", "trade_id", "x", "type"]),
+    st.one_of(numbers, st.sampled_from(["aapl", "t-1", "X" * 65, "trade", -1, None])),
+    max_size=3,
+)
+
+
+@given(trade_mutations)
+def test_trades_match_the_model(change):
+    obj = {**GOOD_TRADE, **change}
+    value = orjson.dumps(obj) if _serialisable(obj) else b"{"
+    rows, bad = decode_trade_records([Rec(value)])
+    assert (len(rows) == 1) == _model_ok(value) == (not bad)
+    if len(rows):
+        trade = decode(value, Trade)
+        assert (rows.symbol[0], rows.ts[0], rows.price[0]) == (trade.symbol, trade.ts, trade.price)
+
+
+def test_trades_from_the_future_are_rejected():
+    late = {**GOOD_TRADE, "ts": GOOD_TRADE["ts"] + 1}
+    rows, bad = decode_trade_records(
+        [Rec(orjson.dumps(GOOD_TRADE)), Rec(orjson.dumps(late))], latest_ts=GOOD_TRADE["ts"]
+    )
+    assert rows.record.tolist() == [0] and "ahead of the wall clock" in bad[0][1]
