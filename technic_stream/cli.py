@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         "TECHNIC_BAR_GRACE_MS and TECHNIC_SESSION_TZ/OPEN/CLOSE.",
     )
 
+    sub.add_parser(
+        "feed",
+        help="stream Alpaca market data v2 (trades, minute bars, corrections) to Kafka",
+        description="Needs TECHNIC_ALPACA_KEY and TECHNIC_ALPACA_SECRET; symbols from "
+        "TECHNIC_ALPACA_TRADES and TECHNIC_ALPACA_BARS (comma-separated, or *); the endpoint "
+        "from TECHNIC_ALPACA_URL (v2/iex or v2/sip). Reconnects with backoff on its own.",
+    )
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -349,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(settings, args)
         if args.command == "backfill":
             return _cmd_backfill(settings, args)
-        if args.command in ("archiver", "bars"):
+        if args.command in ("archiver", "bars", "feed"):
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

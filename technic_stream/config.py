@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from technic_stream.errors import ConfigError
@@ -95,6 +95,15 @@ class Settings(BaseSettings):
         ge=0,
         description="event times further ahead of the wall clock go to the DLQ",
     )
+
+    # Alpaca market data v2 feed adapter (runs under 'up' when a key is set).
+    alpaca_url: str = Field(
+        default="wss://stream.data.alpaca.markets/v2/iex", description="v2/iex or v2/sip"
+    )
+    alpaca_key: SecretStr | None = None
+    alpaca_secret: SecretStr | None = None
+    alpaca_trades: str = Field(default="", description="symbols whose trades to stream, or *")
+    alpaca_bars: str = Field(default="*", description="symbols whose minute bars to stream")
 
     # Stateful consumers: how often state is checkpointed with its offsets (and always on
     # revoke and shutdown).

@@ -30,14 +30,20 @@ log = logging.getLogger(__name__)
 
 
 def _services() -> list[tuple[str, ServiceMain]]:
-    """Services that ``up`` runs, in start order: (name, main(settings, stop, ops))."""
+    """Every service, in start order: (name, main(settings, stop, ops))."""
+    from technic_stream.marketdata.alpaca import alpaca_service
     from technic_stream.marketdata.archiver import archiver_service
     from technic_stream.marketdata.bar_service import bar_service
 
-    return [("bars", bar_service), ("archiver", archiver_service)]
+    return [("bars", bar_service), ("archiver", archiver_service), ("feed", alpaca_service)]
 
 
 SERVICES: list[tuple[str, ServiceMain]] = _services()
+
+
+def enabled_services(settings: Settings) -> list[tuple[str, ServiceMain]]:
+    """What ``up`` runs: every service, the vendor feed only when it has credentials."""
+    return [(n, m) for n, m in SERVICES if n != "feed" or settings.alpaca_key is not None]
 
 
 def service_main(name: str) -> ServiceMain:
@@ -79,7 +85,7 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout) -> int:
             await exits.enter_async_context(ops)
             tasks = {
                 name: asyncio.create_task(factory(live, stop, ops), name=name)
-                for name, factory in SERVICES
+                for name, factory in enabled_services(live)
             }
             _print_summary(out, stack, topics, ops.url, list(tasks))
             await stop.wait()
