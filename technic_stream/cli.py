@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the local servers and every service; Ctrl-C stops")
     up.add_argument("--ops-port", type=int, help="port of /healthz /readyz /metrics")
+    up.add_argument(
+        "--no-replay",
+        action="store_true",
+        help="do not stream the sample data and the synthetic universe",
+    )
 
     schemas = sub.add_parser("schemas", help="the published wire contract")
     ssub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -230,7 +235,7 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if args.ops_port is not None:
         settings = settings.model_copy(update={"ops_port": args.ops_port})
     configure_logging(settings.log_level, settings.log_format)
-    return run(run_up(settings))
+    return run(run_up(settings, replay=not args.no_replay))
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TOPICS", "TopicSpec", "all_topic_names", "topic_name"]
+__all__ = ["TOPICS", "TopicSpec", "all_topic_names", "group_name", "topic_name"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,3 +130,9 @@ def topic_name(prefix: str, name: str) -> str:
 
 def all_topic_names(prefix: str) -> list[str]:
     return [f"{prefix}{t.name}" for t in TOPICS]
+
+
+def group_name(prefix: str, service: str) -> str:
+    """Consumer group of a service, under the topic prefix (deployments sharing a broker
+    keep their groups apart): ``technic.archiver``."""
+    return f"{prefix}{service}"

@@ -14,7 +14,7 @@ import sys
 from contextlib import AsyncExitStack
 from typing import TextIO
 
-from technic_stream.app.ops import OpsServer
+from technic_stream.app.ops import OpsServer, ReadinessCheck
 from technic_stream.app.runtime import install_stop_signals
 from technic_stream.app.service import ServiceMain
 from technic_stream.config import Settings
@@ -40,6 +40,10 @@ def _services() -> list[tuple[str, ServiceMain]]:
 
 SERVICES: list[tuple[str, ServiceMain]] = _services()
 
+#: The synthetic universe ``up`` streams, and its pace (trades per second).
+DEMO_SYMBOLS = 500
+DEMO_TRADE_RATE = 5_000
+
 
 def enabled_services(settings: Settings) -> list[tuple[str, ServiceMain]]:
     """What ``up`` runs: every service, the vendor feed only when it has credentials."""
@@ -53,13 +57,67 @@ def service_main(name: str) -> ServiceMain:
     raise ValueError(f"unknown service {name!r}; services: {', '.join(n for n, _ in SERVICES)}")
 
 
+def _report_exit(task: asyncio.Task[None]) -> None:
+    """A service that ends before ``stop`` is a failure: say so (readiness shows it too)."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error(
+            "service failed",
+            extra={"service": task.get_name(), "error": f"{type(exc).__name__}: {exc}"},
+            exc_info=exc,
+        )
+
+
+def _starting(name: str) -> ReadinessCheck:
+    async def check() -> None:
+        raise RuntimeError(f"{name} is starting")
+
+    return check
+
+
 async def _kafka_ready(bootstrap: str) -> None:
     host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     if not await asyncio.to_thread(kafka_answers, host, int(port)):
         raise ConnectionError("unexpected reply")
 
 
-async def run_up(settings: Settings, *, out: TextIO = sys.stdout) -> int:
+async def _demo_data(settings: Settings, out: TextIO) -> None:
+    """What ``up`` streams through the system: the real sample data (split-adjusted daily
+    bars, replayed as BarBatch), then a synthetic universe's trades through the bar
+    builder at a steady pace."""
+    from technic_stream.marketdata.replay import ReplayConfig, run_replay
+    from technic_stream.marketdata.run import run_synth
+    from technic_stream.marketdata.synth import SynthConfig
+
+    try:
+        replay = await run_replay(
+            settings, ReplayConfig(adjust="splits", fmt="batch"), progress=None
+        )
+        print(
+            f"replayed the sample data: {replay.bars:,} {replay.tf} bars of "
+            f"{replay.symbols} symbols to {replay.topic}",
+            file=out,
+            flush=True,
+        )
+        config = SynthConfig(symbols=DEMO_SYMBOLS, seed=7)
+        print(
+            f"streaming trades of {DEMO_SYMBOLS} synthetic symbols at {DEMO_TRADE_RATE:,}/s "
+            "through the bar builder",
+            file=out,
+            flush=True,
+        )
+        await run_synth(
+            settings, config, steps=390 * 20, fmt="trades", rate=DEMO_TRADE_RATE, progress=None
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a demo feeder must never take the services down
+        log.warning("demo data stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+
+async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool = True) -> int:
     stop = asyncio.Event()
     install_stop_signals(stop)
     stack = LocalStack(settings)
@@ -83,14 +141,26 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout) -> int:
                 },
             )
             await exits.enter_async_context(ops)
+            services = enabled_services(live)
+            for name, _ in services:  # not ready until the service says so
+                ops.checks[name] = _starting(name)
             tasks = {
                 name: asyncio.create_task(factory(live, stop, ops), name=name)
-                for name, factory in enabled_services(live)
+                for name, factory in services
             }
+            for task in tasks.values():
+                task.add_done_callback(_report_exit)
             _print_summary(out, stack, topics, ops.url, list(tasks))
+            if replay:
+                tasks["demo-data"] = asyncio.create_task(_demo_data(live, out), name="demo-data")
             await stop.wait()
             print("stopping ...", file=out, flush=True)
             if tasks:
+                demo = tasks.pop("demo-data", None)
+                if demo is not None:  # a producer: stop sending first
+                    demo.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await demo
                 _, pending = await asyncio.wait(tasks.values(), timeout=live.shutdown_grace_s)
                 for task in pending:
                     task.cancel()

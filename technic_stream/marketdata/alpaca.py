@@ -373,5 +373,5 @@ async def alpaca_service(settings: Settings, stop: asyncio.Event, ops: OpsServer
             if not feed.subscribed.is_set():
                 raise RuntimeError("not subscribed to the vendor feed (reconnecting)")
 
-        ops.checks["feed-alpaca"] = subscribed
+        ops.checks["feed"] = subscribed
         await feed.run(stop)

@@ -36,7 +36,7 @@ from technic_stream.marketdata.replay import ReplayConfig, load_replay, report_p
 from technic_stream.messages import Alert, ScanResult, decode
 from technic_stream.storage import mongo_client
 from technic_stream.storage.bars import BarArchive
-from technic_stream.topics import topic_name
+from technic_stream.topics import group_name, topic_name
 
 __all__ = [
     "ARCHIVER_GROUP",
@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ARCHIVER_GROUP = "technic-archiver"
+ARCHIVER_GROUP = "archiver"  # under the topic prefix: technic.archiver
 ARCHIVED = Counter("technic_archiver_records", "Records archived", ["kind"])
 BUCKET_WRITES = Counter("technic_archiver_bucket_writes", "Bar buckets inserted or replaced")
 WRITE_SECONDS = Histogram(
@@ -196,7 +196,8 @@ async def archiver_service(settings: Settings, stop: asyncio.Event, ops: OpsServ
                 await handler.archive.ensure_indexes()
             except PyMongoError as exc:  # not fatal: writes retry until MongoDB is back
                 log.warning("could not create bar indexes yet", extra={"error": str(exc)})
-            consumer = BatchConsumer(settings, handler.topics, ARCHIVER_GROUP, handler)
+            group = group_name(settings.topic_prefix, ARCHIVER_GROUP)
+            consumer = BatchConsumer(settings, handler.topics, group, handler)
             ops.checks["archiver"] = consumer_ready(consumer)
             ops.checks["archiver-mongo"] = handler.ready
             await run_consumer(consumer, stop)

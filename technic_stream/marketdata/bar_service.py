@@ -31,13 +31,13 @@ from technic_stream.marketdata.builder import BarBuilder, BuiltBars, Session
 from technic_stream.marketdata.decode import decode_trade_records
 from technic_stream.redis import redis_client
 from technic_stream.redis.checkpoint import CheckpointStore
-from technic_stream.topics import topic_name
+from technic_stream.topics import group_name, topic_name
 
 __all__ = ["BAR_GROUP", "BarService", "bar_service"]
 
 log = logging.getLogger(__name__)
 
-BAR_GROUP = "technic-bars"
+BAR_GROUP = "bars"  # under the topic prefix: technic.bars
 TRADES = Counter("technic_bars_trades", "Trades applied to bars")
 BARS_OUT = Counter("technic_bars_emitted", "Bars published (new or corrected)", ["tf"])
 LATE_DROPPED = Counter("technic_bars_late_dropped", "Trades too late for their bar", ["tf"])
@@ -73,7 +73,8 @@ class BarService:
         self.trades_topic = topic_name(s.topic_prefix, "md.trades")
         self.bars_topic = topic_name(s.topic_prefix, "md.bars")
         self.dlq = DeadLetterQueue(self.producer, topic_name(s.topic_prefix, "dlq"))
-        self.store = CheckpointStore(self.redis, s.redis_prefix, BAR_GROUP)
+        self.group = group_name(s.topic_prefix, BAR_GROUP)
+        self.store = CheckpointStore(self.redis, s.redis_prefix, self.group)
         self.tfs = tuple(t.strip() for t in s.bar_timeframes.split(",") if t.strip())
         self.session = Session(s.session_tz, s.session_open, s.session_close)
         BarBuilder(self.tfs, grace_ms=s.bar_grace_ms, session=self.session)  # validates
@@ -215,7 +216,7 @@ async def bar_service(settings: Settings, stop: asyncio.Event, ops: OpsServer) -
     try:
         async with Producer(settings) as producer:
             handler = BarService(settings, producer, redis)
-            consumer = BatchConsumer(settings, [handler.trades_topic], BAR_GROUP, handler)
+            consumer = BatchConsumer(settings, [handler.trades_topic], handler.group, handler)
             handler.consumer = consumer
             ops.checks["bars"] = consumer_ready(consumer)
             clock_stop = asyncio.Event()

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from technic_stream.kafka import BatchConsumer, Producer
-from technic_stream.marketdata.bar_service import BAR_GROUP, BarService
+from technic_stream.marketdata.bar_service import BarService
 from technic_stream.marketdata.publish import partition_of
 from technic_stream.marketdata.synth import SynthConfig, SyntheticMarket, split_into_trades
 from technic_stream.messages import TIMEFRAME_MS, Bar, decode
@@ -67,7 +67,7 @@ async def _send(settings, trades) -> None:
 async def _run_until(settings, redis, processed: int, *, crash: bool) -> BarService:
     async with Producer(settings) as producer:
         handler = BarService(settings, producer, redis, tick_s=0.1)
-        consumer = BatchConsumer(settings, [handler.trades_topic], BAR_GROUP, handler)
+        consumer = BatchConsumer(settings, [handler.trades_topic], handler.group, handler)
         handler.consumer = consumer
         if crash:  # dies without the checkpoint a clean shutdown would write
             handler.on_revoked = _noop  # type: ignore[method-assign]
@@ -135,7 +135,7 @@ async def test_trades_to_bars_survive_a_crash_and_close_on_the_clock(settings):
     try:
         await _send(settings, trades[:half])
         await _run_until(settings, redis, half, crash=True)
-        store = CheckpointStore(redis, settings.redis_prefix, BAR_GROUP)
+        store = CheckpointStore(redis, settings.redis_prefix, f"{settings.topic_prefix}bars")
         saved = [await store.load(topic_name(settings.topic_prefix, "md.trades"), p)
                  for p in range(settings.partitions)]  # fmt: skip
         assert any(c is not None for c in saved)
