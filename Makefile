@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PIP) install -e '.[bench]'
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/ingest.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

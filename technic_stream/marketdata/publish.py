@@ -45,6 +45,7 @@ class BarPublisher:
         *,
         partitions: int,
         batch_rows: int = MAX_BATCH_ROWS,
+        max_bytes: int = 1_000_000,
     ) -> None:
         self.producer = producer
         self.topic = topic
@@ -53,6 +54,7 @@ class BarPublisher:
         self.tf = tf
         self.partition = partition_of(self.symbols, partitions)
         self.batch_rows = max(1, min(batch_rows, MAX_BATCH_ROWS))
+        self.max_bytes = max_bytes  # consumers send larger messages to the DLQ unread
         self.messages = 0
 
     async def bars(self, cols: BarColumns) -> int:
@@ -84,29 +86,35 @@ class BarPublisher:
         bounds = np.flatnonzero(np.diff(parts[order])) + 1
         for group in np.split(order, bounds):
             for start in range(0, group.shape[0], self.batch_rows):
-                rows = group[start : start + self.batch_rows]
-                idx = cols.index[rows]
-                payload = {
-                    "type": "bar_batch",
-                    "v": 1,
-                    "tf": self.tf,
-                    "symbols": [self.symbols[i] for i in idx.tolist()],
-                    "ts": _times(cols, rows),
-                    "open": cols.open[rows].tolist(),
-                    "high": cols.high[rows].tolist(),
-                    "low": cols.low[rows].tolist(),
-                    "close": cols.close[rows].tolist(),
-                    "volume": cols.volume[rows].tolist(),
-                }
-                first = int(idx[0])
-                await self.producer.send(
-                    self.topic,
-                    orjson.dumps(payload),
-                    key=self.keys[first],
-                    partition=int(self.partition[first]),
-                )
-                self.messages += 1
+                await self._send_batch(cols, group[start : start + self.batch_rows])
         return len(cols)
+
+    async def _send_batch(self, cols: BarColumns, rows: np.ndarray) -> None:
+        """One BarBatch of these rows, or two halves when it would exceed the size limit."""
+        idx = cols.index[rows]
+        payload = {
+            "type": "bar_batch",
+            "v": 1,
+            "tf": self.tf,
+            "symbols": [self.symbols[i] for i in idx.tolist()],
+            "ts": _times(cols, rows),
+            "open": cols.open[rows].tolist(),
+            "high": cols.high[rows].tolist(),
+            "low": cols.low[rows].tolist(),
+            "close": cols.close[rows].tolist(),
+            "volume": cols.volume[rows].tolist(),
+        }
+        data = orjson.dumps(payload)
+        if len(data) > self.max_bytes and rows.shape[0] > 1:
+            half = rows.shape[0] // 2
+            await self._send_batch(cols, rows[:half])
+            await self._send_batch(cols, rows[half:])
+            return
+        first = int(idx[0])
+        await self.producer.send(
+            self.topic, data, key=self.keys[first], partition=int(self.partition[first])
+        )
+        self.messages += 1
 
     async def trades(self, cols: TradeColumns) -> int:
         """One Trade message per trade; returns the trades sent."""

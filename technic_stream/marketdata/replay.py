@@ -220,7 +220,10 @@ async def run_replay(
     started = time.monotonic()
     async with Producer(settings) as producer:
         partitions = len(await producer.partitions_for(topic))
-        pub = BarPublisher(producer, topic, symbols.tolist(), data.tf, partitions=partitions)
+        pub = BarPublisher(
+            producer, topic, symbols.tolist(), data.tf, partitions=partitions,
+            max_bytes=settings.max_message_bytes,
+        )  # fmt: skip
         bar = Progress(len(bars), "bars", out=progress) if progress is not None else None
         pacer = Pacer(0.0)
         first_ts = int(bars.ts[0]) if len(bars) else 0

@@ -45,7 +45,10 @@ async def run_synth(
     bars = trades = 0
     async with Producer(settings) as producer:
         partitions = len(await producer.partitions_for(topic))
-        pub = BarPublisher(producer, topic, market.symbols, config.tf, partitions=partitions)
+        pub = BarPublisher(
+            producer, topic, market.symbols, config.tf, partitions=partitions,
+            max_bytes=settings.max_message_bytes,
+        )  # fmt: skip
         bar = Progress(steps, "steps", out=progress) if progress is not None else None
         for _ in range(steps):
             cols = market.step()

@@ -108,3 +108,28 @@ def test_cli_refuses_bad_arguments_with_one_line(capsys):
     assert "timeframe '7m'" in capsys.readouterr().err
     assert main(["synth", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+class _Recorder:
+    """Collects what BarPublisher hands to the producer (the splitting is pure code)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, int | None]] = []
+
+    async def send(self, topic, value, *, key=None, partition=None, headers=None):
+        self.sent.append((value, partition))
+
+
+async def test_bar_batches_stay_under_the_message_size_limit():
+    from technic_stream.marketdata.publish import BarPublisher
+    from technic_stream.messages import BarBatch, decode
+
+    market = SyntheticMarket(SynthConfig(symbols=3_000, seed=1))
+    cols = market.step()
+    rec = _Recorder()
+    pub = BarPublisher(rec, "t", market.symbols, "1m", partitions=2, max_bytes=20_000)  # type: ignore[arg-type]
+    assert await pub.batch(cols) == len(cols)
+    assert all(len(value) <= 20_000 for value, _ in rec.sent) and len(rec.sent) > 2
+    batches = [decode(value, BarBatch, max_bytes=20_000) for value, _ in rec.sent]
+    got = sorted(s for b in batches for s in b.symbols)
+    assert got == sorted(market.symbols[i] for i in cols.index)
