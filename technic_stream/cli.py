@@ -195,9 +195,10 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from technic_stream.marketdata.archiver import run_backfill
 
+    config = _replay_config(args)
     if not settings.mongo_url:
         raise ConfigError("TECHNIC_MONGO_URL: required to backfill (or use 'up')")
-    report = asyncio.run(run_backfill(settings, _replay_config(args)))
+    report = asyncio.run(run_backfill(settings, config))
     print(
         f"archived {report.bars:,} {report.tf} bars of {report.symbols} symbols "
         f"({report.buckets_written:,} buckets written) in {report.seconds:.1f}s; "

@@ -209,9 +209,9 @@ async def run_replay(
     progress: TextIO | None = sys.stderr,
 ) -> ReplayReport:
     """Send the file's good bars to ``md.bars``; problems are reported on ``progress``."""
+    data = data or load_replay(config)  # a bad file is reported before anything else
     if not settings.kafka_bootstrap:
         raise ConfigError("TECHNIC_KAFKA_BOOTSTRAP: required to publish (or use 'up')")
-    data = data or load_replay(config)
     bars = data.bars
     if progress is not None:
         report_problems(data.problems, bars.path, progress)

@@ -114,3 +114,14 @@ def test_replay_orders_rows_by_time_across_symbols_and_infers_the_timeframe():
     assert data.tf == "1d" and len(data.bars) == 12_154
     assert (np.diff(data.bars.ts) >= 0).all()
     assert infer_timeframe(data.bars) == "1d"
+
+
+def test_cli_says_what_is_wrong(tmp_path, capsys):
+    from technic_stream.cli import main
+
+    assert main(["replay", str(tmp_path / "nope.csv")]) == 1
+    assert "nope.csv: no such file" in capsys.readouterr().err
+    assert main(["replay"]) == 2  # the sample is fine, but no broker is configured
+    assert "TECHNIC_KAFKA_BOOTSTRAP" in capsys.readouterr().err
+    assert main(["backfill", "--columns", "price=Last"]) == 2
+    assert "unknown field 'price'" in capsys.readouterr().err
