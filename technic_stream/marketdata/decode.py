@@ -13,7 +13,7 @@ columns in record order.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,21 @@ def _structure(obj: Any) -> str | None:
     return None
 
 
+def _parse(
+    data: bytes | None, max_bytes: int, what: str, check: Callable[[Any], str | None]
+) -> tuple[Any, str | None]:
+    """The parsed object, or why the record is unusable (size, JSON, shape)."""
+    if data is None:
+        return None, f"null value (tombstone) where a {what} was expected"
+    if len(data) > max_bytes:
+        return None, f"message of {len(data)} bytes exceeds the limit of {max_bytes}"
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc}"
+    return obj, check(obj)
+
+
 def _column(values: list[Any], name: str, *, integer: bool) -> tuple[np.ndarray | None, str]:
     """A batch column as an array, or None and why (strings, booleans, nulls, big ints)."""
     try:
@@ -177,19 +192,7 @@ def decode_bar_records(
     cols: dict[str, list[Any]] = {f: [] for f in ("ts", *_FIELDS)}
     ts_l, o_l, h_l, l_l, c_l, v_l = (cols[f] for f in ("ts", *_FIELDS))
     for i, record in enumerate(records):
-        data = record.value
-        if data is None:
-            bad.append((record, "null value (tombstone) where a bar was expected"))
-            continue
-        if len(data) > max_bytes:
-            bad.append((record, f"message of {len(data)} bytes exceeds the limit of {max_bytes}"))
-            continue
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            bad.append((record, f"invalid JSON: {exc}"))
-            continue
-        reason = _structure(obj)
+        obj, reason = _parse(record.value, max_bytes, "bar", _structure)
         if reason is not None:
             bad.append((record, reason))
             continue
@@ -319,19 +322,7 @@ def decode_trade_records(
     px_l: list[Any] = []
     sz_l: list[Any] = []
     for i, record in enumerate(records):
-        data = record.value
-        if data is None:
-            bad.append((record, "null value (tombstone) where a trade was expected"))
-            continue
-        if len(data) > max_bytes:
-            bad.append((record, f"message of {len(data)} bytes exceeds the limit of {max_bytes}"))
-            continue
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            bad.append((record, f"invalid JSON: {exc}"))
-            continue
-        reason = _trade_structure(obj)
+        obj, reason = _parse(record.value, max_bytes, "trade", _trade_structure)
         if reason is not None:
             bad.append((record, reason))
             continue
