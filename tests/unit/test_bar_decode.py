@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from technic_stream.errors import MessageDecodeError
 from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
 from technic_stream.messages import Bar, BarBatch, Trade, decode
+from tests.unit.test_messages import BAR
 
 
 @dataclass
@@ -31,18 +32,7 @@ def _model_ok(value: bytes | None) -> bool:
     return True
 
 
-GOOD = {
-    "type": "bar",
-    "v": 1,
-    "symbol": "AAPL",
-    "tf": "1m",
-    "ts": 1_700_000_000_000,
-    "open": 10.0,
-    "high": 11.0,
-    "low": 9.5,
-    "close": 10.5,
-    "volume": 100.0,
-}
+GOOD = BAR  # the valid bar of the model tests
 
 numbers = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64),
