@@ -32,6 +32,9 @@ __all__ = ["Batch", "BatchConsumer", "BatchHandler", "TopicPartition"]
 log = logging.getLogger(__name__)
 
 CONSUMED = Counter("technic_kafka_consumed", "Records consumed", ["topic"])
+DUPLICATES = Counter(
+    "technic_kafka_redelivered_dropped", "Fetched records before the position (dropped)", ["topic"]
+)
 COMMITS = Counter("technic_kafka_commits", "Offset commits", ["group", "outcome"])
 BATCH_SECONDS = Histogram(
     "technic_kafka_batch_seconds",
@@ -86,6 +89,7 @@ class BatchConsumer(AsyncResource):
         *,
         bootstrap: str | None = None,
         auto_offset_reset: str = "earliest",
+        max_records: int | None = None,
     ) -> None:
         if not topics:
             raise ValueError("a consumer needs at least one topic")
@@ -97,11 +101,17 @@ class BatchConsumer(AsyncResource):
         self.group_id = group_id
         self._handler = handler
         self._auto_offset_reset = auto_offset_reset
+        self._max_records = max_records or settings.kafka_fetch_max_records
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()  # one of: a batch in flight, or a rebalance hook
         self._stopping = asyncio.Event()
         self._state = _State.NEW
         self.committed: dict[TopicPartition, int] = {}
+        # next offset to hand on per partition: a fetch may return a whole stored record
+        # batch that starts before the position asked for (the local broker does), and
+        # those records were handled already
+        self._next: dict[TopicPartition, int] = {}
+        self.duplicates_dropped = 0
         self.records_processed = 0
 
     async def start(self) -> None:
@@ -144,9 +154,7 @@ class BatchConsumer(AsyncResource):
         s = self._settings
         while not self._stopping.is_set():
             fetch = asyncio.ensure_future(
-                consumer.getmany(
-                    timeout_ms=s.kafka_fetch_timeout_ms, max_records=s.kafka_fetch_max_records
-                )
+                consumer.getmany(timeout_ms=s.kafka_fetch_timeout_ms, max_records=self._max_records)
             )
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             done, _ = await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -166,16 +174,27 @@ class BatchConsumer(AsyncResource):
         started = time.perf_counter()
         async with self._lock:
             owned = self._consumer.assignment()
-            batch = {tp: recs for tp, recs in batch.items() if tp in owned and recs}
+            batch = {tp: self._fresh(tp, recs) for tp, recs in batch.items() if tp in owned}
+            batch = {tp: recs for tp, recs in batch.items() if recs}
             if not batch:
                 return
             await self._handler.on_batch(batch)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            self._next.update(offsets)
             await self._commit(offsets)
             for tp, recs in batch.items():
                 CONSUMED.labels(tp.topic).inc(len(recs))
                 self.records_processed += len(recs)
         BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+
+    def _fresh(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        start = self._next.get(tp)
+        if start is None or not records or records[0].offset >= start:
+            return records
+        fresh = [r for r in records if r.offset >= start]
+        DUPLICATES.labels(tp.topic).inc(len(records) - len(fresh))
+        self.duplicates_dropped += len(records) - len(fresh)
+        return fresh
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
@@ -200,16 +219,39 @@ class BatchConsumer(AsyncResource):
 
     async def _on_assigned(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:
+            self._next.clear()
             log.info(
                 "partitions assigned",
                 extra={"group": self.group_id, "partitions": _fmt(partitions)},
             )
             await self._handler.on_assigned(partitions)
+            assert self._consumer is not None
+            for tp in partitions - self._next.keys():  # not positioned by the handler
+                try:
+                    committed = await self._consumer.committed(tp)
+                except KafkaError:
+                    committed = None
+                if committed is not None:
+                    self._next[tp] = int(committed)
+
+    def lag(self, partition: TopicPartition, next_offset: int) -> int | None:
+        """Records after ``next_offset`` in the partition, by the last fetch's high watermark."""
+        if self._consumer is None:
+            return None
+        high = self._consumer.highwater(partition)
+        return None if high is None else max(0, int(high) - next_offset)
+
+    async def seek_to_beginning(self, partition: TopicPartition) -> None:
+        """Read a partition from its earliest record (a stateful consumer without state)."""
+        assert self._consumer is not None
+        await self._consumer.seek_to_beginning(partition)
+        self._next[partition] = 0  # whatever comes first is fresh
 
     async def seek(self, partition: TopicPartition, offset: int) -> None:
         """Position a partition (for restoring a checkpoint in ``on_assigned``)."""
         assert self._consumer is not None
         self._consumer.seek(partition, offset)
+        self._next[partition] = offset
 
     async def aclose(self) -> None:
         """Leave the group and close. Idempotent. Call after :meth:`run` returned."""
