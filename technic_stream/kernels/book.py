@@ -1,0 +1,106 @@
+"""Kernels of the engine's book: history and lag rings, and per-bar input gathering.
+
+``record_nb`` records a batch of bars (arrival order) after the indicator kernels ran:
+each bar goes into its symbol's history ring (``hist[row, j % H]``, bar j of the symbol)
+and its columns (bar fields, then every indicator output) into the lag ring
+(``lagv[row, j % D]``); right after, each requested input (column, lag) is read *as of
+that bar*. A correction (same ts) overwrites the slot of the bar it corrects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from technic_stream.kernels.stream import APPLIED, SKIPPED
+
+__all__ = ["history_bars_nb", "record_nb", "relag_nb"]
+
+NAN = np.nan
+
+
+@njit(cache=True)
+def record_nb(
+    rows, status, ts, o, h, lo, c, v, src, hist, hcount, bseq, lagv, in_col, in_lag, values, seq
+):
+    """Record each bar (arrival order) in the history and lag rings; gather the inputs."""
+    cap_h = hist.shape[1]
+    depth = lagv.shape[1]
+    ncol = lagv.shape[2]
+    n_in = in_col.shape[0]
+    for b in range(rows.shape[0]):
+        r = rows[b]
+        st = status[b]
+        if st == SKIPPED:
+            seq[b] = -1
+            for i in range(n_in):
+                values[i, b] = NAN
+            continue
+        if st == APPLIED:
+            hcount[r] += 1
+            bseq[r] = 0
+        else:
+            bseq[r] += 1
+        j = hcount[r] - 1  # absolute index of this bar in the symbol's series
+        seq[b] = bseq[r]
+        hs = j % cap_h
+        hist[r, hs, 0] = ts[b]
+        hist[r, hs, 1] = o[b]
+        hist[r, hs, 2] = h[b]
+        hist[r, hs, 3] = lo[b]
+        hist[r, hs, 4] = c[b]
+        hist[r, hs, 5] = v[b]
+        ls = j % depth
+        for k in range(ncol):
+            lagv[r, ls, k] = src[b, k]
+        for i in range(n_in):
+            lag = in_lag[i]
+            if j - lag < 0:
+                values[i, b] = NAN
+            else:
+                values[i, b] = lagv[r, (j - lag) % depth, in_col[i]]
+
+
+@njit(cache=True)
+def history_bars_nb(hist, hcount, n_rows):
+    """Every row's remembered bars, oldest first, row after row, with their indices."""
+    cap_h = hist.shape[1]
+    total = 0
+    for r in range(n_rows):
+        total += min(hcount[r], cap_h)
+    rows = np.empty(total, dtype=np.int64)
+    idx = np.empty(total, dtype=np.int64)
+    cols = np.empty((6, total))
+    b = 0
+    for r in range(n_rows):
+        n = min(hcount[r], cap_h)
+        for j in range(hcount[r] - n, hcount[r]):
+            rows[b] = r
+            idx[b] = j
+            s = j % cap_h
+            for k in range(6):
+                cols[k, b] = hist[r, s, k]
+            b += 1
+    return rows, idx, cols
+
+
+@njit(cache=True)
+def relag_nb(old, old_cols, new, new_cols, hist, hcount, n_rows):
+    """Copy what survives from an old lag ring into a new one (new depth or columns);
+    bar fields are refilled from the history ring as deep as it goes."""
+    d_old = old.shape[1]
+    d_new = new.shape[1]
+    cap_h = hist.shape[1]
+    for r in range(n_rows):
+        last = hcount[r] - 1
+        for back in range(min(d_new, hcount[r])):
+            j = last - back
+            ns = j % d_new
+            if back < d_old:
+                os_ = j % d_old
+                for k in range(old_cols.shape[0]):
+                    new[r, ns, new_cols[k]] = old[r, os_, old_cols[k]]
+            if back < cap_h:
+                hs = j % cap_h
+                for f in range(5):
+                    new[r, ns, f] = hist[r, hs, f + 1]
