@@ -139,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
+        "engine",
+        help="run the indicator engine: md.bars into indicators (Redis, channels) and alerts",
+        description="Default indicators from TECHNIC_ENGINE_INDICATORS (live rules add more); "
+        "checkpoints every TECHNIC_ENGINE_CHECKPOINT_INTERVAL_S or "
+        "TECHNIC_ENGINE_CHECKPOINT_BARS; rules from the alerts.rules topic.",
+    )
+
+    sub.add_parser(
         "feed",
         help="stream Alpaca market data v2 (trades, minute bars, corrections) to Kafka",
         description="Needs TECHNIC_ALPACA_KEY and TECHNIC_ALPACA_SECRET; symbols from "
@@ -363,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(settings, args)
         if args.command == "backfill":
             return _cmd_backfill(settings, args)
-        if args.command in ("archiver", "bars", "feed"):
+        if args.command in ("archiver", "bars", "engine", "feed"):
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

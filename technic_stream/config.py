@@ -109,6 +109,31 @@ class Settings(BaseSettings):
     # revoke and shutdown).
     checkpoint_interval_s: float = Field(default=1.0, ge=0, le=3_600)
 
+    # Indicator engine.
+    engine_indicators: str = Field(
+        default=(
+            "sma(20), sma(50), sma(200), ema(9), ema(21), rsi(14), macd(12,26,9), bb(20,2), "
+            "atr(14), adx(14), obv, relvol(20)"
+        ),
+        description="indicators every symbol gets on every timeframe (rules add more)",
+    )
+    engine_history_bars: int = Field(
+        default=250, ge=1, le=100_000, description="recent bars kept per symbol for warm-ups"
+    )
+    engine_checkpoint_interval_s: float = Field(default=10.0, ge=0, le=3_600)
+    engine_checkpoint_bars: int = Field(
+        default=500_000, ge=1, description="checkpoint a partition after this many bars"
+    )
+    engine_batch_max: int = Field(
+        default=20_000, ge=1, le=1_000_000, description="records fetched per engine batch"
+    )
+    channel_history_size: int = Field(
+        default=1_000, ge=1, le=1_000_000, description="messages kept per channel"
+    )
+    channel_history_ttl_s: int = Field(
+        default=3_600, ge=1, le=604_800, description="age of a channel's oldest message"
+    )
+
     # Lifecycle.
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
 

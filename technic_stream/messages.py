@@ -391,9 +391,15 @@ class Alert(_Message):
     message: Annotated[str, StringConstraints(max_length=2_000)] | None = None
 
 
-def alert_id(rule_id: str, symbol: str, tf: str, ts: int) -> str:
-    """Deterministic id of the alert a rule fires on one bar (replays give the same id)."""
+def alert_id(rule_id: str, symbol: str, tf: str, ts: int, seq: int = 0) -> str:
+    """Deterministic id of the alert a rule fires on one bar (replays give the same id).
+
+    ``seq`` numbers the prints of one bar (0: its close, n: its n-th correction); only
+    ``every_time`` rules fire on more than one print of a bar.
+    """
     raw = f"{rule_id}\x1f{symbol}\x1f{tf}\x1f{ts}".encode()
+    if seq:
+        raw += f"\x1f{seq}".encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 

@@ -31,11 +31,17 @@ log = logging.getLogger(__name__)
 
 def _services() -> list[tuple[str, ServiceMain]]:
     """Every service, in start order: (name, main(settings, stop, ops))."""
+    from technic_stream.engine.service import engine_service
     from technic_stream.marketdata.alpaca import alpaca_service
     from technic_stream.marketdata.archiver import archiver_service
     from technic_stream.marketdata.bar_service import bar_service
 
-    return [("bars", bar_service), ("archiver", archiver_service), ("feed", alpaca_service)]
+    return [
+        ("bars", bar_service),
+        ("engine", engine_service),
+        ("archiver", archiver_service),
+        ("feed", alpaca_service),
+    ]
 
 
 SERVICES: list[tuple[str, ServiceMain]] = _services()

@@ -99,9 +99,9 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
         assert "technic.md.bars" in text and "topics   10" in text
         body = await _ready(text)
         assert body["checks"] == dict.fromkeys(
-            ("kafka", "redis", "mongo", "bars", "archiver", "archiver-mongo"), "ok"
+            ("kafka", "redis", "mongo", "bars", "engine", "archiver", "archiver-mongo"), "ok"
         )
-        assert "services bars, archiver" in text
+        assert "services bars, engine, archiver" in text
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)

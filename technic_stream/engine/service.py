@@ -1,0 +1,551 @@
+"""The indicator engine process: ``md.bars`` → per-partition books → Redis, channels, alerts.
+
+Per fetched batch, under one lock (rule changes and rebalances wait for it):
+
+1. decode the records straight into columns (bad ones to the DLQ with the reason);
+2. per partition and timeframe, one :meth:`Book.apply`: every segment's kernel once over
+   the batch, then the bars, lags and rule inputs recorded per bar in one numba pass;
+3. evaluate every live rule of the timeframe over every bar at once, pick the
+   candidates by mode, and ask the alert gate (cooldown, expiry, throttle, ``once``) in
+   one pipeline; a firing goes to ``alerts.fired`` (key: owner) and to the channel
+   ``alerts.{owner}``, both under the deterministic alert id;
+4. write each touched symbol's latest values — ``ind:{tf}:{symbol}`` hashes and the
+   channels ``ind.{tf}.{symbol}`` / ``bars.{tf}.{symbol}`` — in one pipeline (several
+   bars of one symbol in one batch are conflated to the latest, as quotes are);
+5. wait for the broker's acks; checkpoint partitions that are due (time or bar count);
+   the consumer then commits.
+
+Rules come from the compacted ``alerts.rules`` topic, read in full by every process
+before it joins the group and followed afterwards. A rule that needs indicators a book
+lacks makes the book add them, warmed from each symbol's recent bars, before the rule
+is armed. On assignment a partition's checkpoint is restored and the partition read from
+the offset it covers; partitions that stay with this process over a rebalance keep their
+state in memory (their checkpoint is only compared, not reloaded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Gauge, Histogram
+
+from technic_stream.app.ops import OpsServer
+from technic_stream.app.service import consumer_ready, run_consumer
+from technic_stream.config import Settings
+from technic_stream.engine.book import Applied, Book
+from technic_stream.engine.partition import PartitionState
+from technic_stream.engine.rules import ACTIVE, Candidate, LiveRule, LiveRules, candidates
+from technic_stream.errors import ConfigError, MessageDecodeError
+from technic_stream.indicators.registry import IndicatorError, parse_indicators
+from technic_stream.indicators.state import StateVersionError
+from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
+from technic_stream.kafka.follower import TopicFollower
+from technic_stream.marketdata.decode import BarRows, decode_bar_records
+from technic_stream.messages import Alert, AlertRule, alert_id, decode, encode
+from technic_stream.redis import redis_client
+from technic_stream.redis.alert_gate import AlertGate, GateRequest
+from technic_stream.redis.channels import ChannelPublisher
+from technic_stream.redis.checkpoint import CheckpointStore
+from technic_stream.topics import group_name, topic_name
+
+__all__ = ["ENGINE_GROUP", "EngineService", "engine_service"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_GROUP = "engine"  # under the topic prefix: technic.engine
+
+BARS = Counter("technic_engine_bars", "Bars by outcome", ["tf", "outcome"])
+BATCH_SECONDS = Histogram(
+    "technic_engine_batch_seconds",
+    "Decode, compute, evaluate and write one batch (commit excluded)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LAG = Gauge("technic_engine_lag", "Records not yet processed, per partition", ["partition"])
+RULE_EVALS = Counter("technic_engine_rule_evaluations", "Rule evaluations (rules x bars)")
+ALERTS = Counter("technic_engine_alerts", "Alert candidates by gate outcome", ["outcome"])
+RULES = Gauge("technic_engine_rules", "Live rules known, by status", ["status"])
+CHECKPOINTS = Histogram(
+    "technic_engine_checkpoint_seconds", "Time to snapshot and store one partition"
+)
+CHECKPOINT_BYTES = Gauge("technic_engine_checkpoint_bytes", "Size of the last checkpoint")
+CHECKPOINT_AGE = Gauge(
+    "technic_engine_checkpoint_age_seconds", "Age of the oldest partition checkpoint"
+)
+RESTORE_SECONDS = Histogram("technic_engine_restore_seconds", "Time to restore one partition")
+WARMUP_BARS = Counter("technic_engine_warmup_bars", "Bars replayed to warm new indicators")
+SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this process")
+
+_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Touched:
+    """Rows of one book written by a batch (their latest values go out once)."""
+
+    book: Book
+    rows: set[int] = field(default_factory=set)
+
+
+@dataclass
+class EngineService:
+    """Batch handler of the engine group."""
+
+    settings: Settings
+    producer: Producer
+    redis: aioredis.Redis
+    parts: dict[TopicPartition, PartitionState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        try:
+            self.base = parse_indicators(s.engine_indicators)
+        except IndicatorError as exc:
+            raise ConfigError(
+                f"TECHNIC_ENGINE_INDICATORS: {exc}", [f"TECHNIC_ENGINE_INDICATORS: {exc}"]
+            ) from exc
+        self.bars_topic = topic_name(s.topic_prefix, "md.bars")
+        self.rules_topic = topic_name(s.topic_prefix, "alerts.rules")
+        self.alerts_topic = topic_name(s.topic_prefix, "alerts.fired")
+        self.dlq = DeadLetterQueue(self.producer, topic_name(s.topic_prefix, "dlq"))
+        self.group = group_name(s.topic_prefix, ENGINE_GROUP)
+        self.store = CheckpointStore(self.redis, s.redis_prefix, self.group)
+        self.publisher = ChannelPublisher(
+            self.redis, s.redis_prefix,
+            history_size=s.channel_history_size, history_ttl_s=s.channel_history_ttl_s,
+        )  # fmt: skip
+        self.gate = AlertGate(self.redis, s.redis_prefix)
+        self.rules = LiveRules()
+        self.consumer: BatchConsumer | None = None
+        self.lock = asyncio.Lock()
+        self.parked: dict[TopicPartition, PartitionState] = {}
+        # counters for tests and benchmarks
+        self.bars_applied = 0
+        self.alerts_sent = 0
+        self.restored_from: dict[TopicPartition, int] = {}
+
+    def _new_part(self) -> PartitionState:
+        return PartitionState(self.base, self.settings.engine_history_bars)
+
+    # Batches ----------------------------------------------------------------------
+
+    async def on_batch(self, batch: Batch) -> None:
+        async with self.lock:
+            started = time.perf_counter()
+            now = _wall_ms()
+            for rule in self.rules.expire(now):
+                await self._status_changed(rule)
+            touched: dict[tuple[int, str], _Touched] = {}
+            requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]] = []
+            for tp, records in batch.items():
+                part = self.parts.get(tp)
+                if part is None:  # assigned without on_assigned (should not happen)
+                    part = self.parts[tp] = self._new_part()
+                rows, bad = decode_bar_records(records, max_bytes=self.settings.max_message_bytes)
+                for record, reason in bad:
+                    await self.dlq.route(record, MessageDecodeError(reason))
+                tfs = sorted(set(rows.tf.tolist()))
+                for tf in tfs:
+                    sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
+                    self._apply(tp, part, tf, sub, touched, requests)
+                part.next_offset = records[-1].offset + 1
+                part.bars_since_save += len(records)
+                if self.consumer is not None:
+                    lag = self.consumer.lag(tp, part.next_offset)
+                    if lag is not None:
+                        LAG.labels(str(tp.partition)).set(lag)
+            await self._alerts(requests, now)
+            await self._write(touched)
+            await self.producer.flush()
+            BATCH_SECONDS.observe(time.perf_counter() - started)
+            await self._checkpoint_due()
+            SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
+
+    def _apply(
+        self,
+        tp: TopicPartition,
+        part: PartitionState,
+        tf: str,
+        bars: BarRows,
+        touched: dict[tuple[int, str], _Touched],
+        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+    ) -> None:
+        book = part.book(tf, self.rules)
+        compiled = self.rules.for_tf(tf)
+        n = len(bars)
+        rows = book.rows(bars.symbol, n)
+        inputs = None
+        if compiled is not None:
+            col, lag = book.inputs_for(compiled.columns, compiled.lags)
+            inputs = (col, lag)
+        res = book.apply(rows, bars.ts, bars.open, bars.high, bars.low, bars.close,
+                         bars.volume, inputs)  # fmt: skip
+        self.bars_applied += n
+        BARS.labels(tf, "applied").inc(res.applied)
+        if res.corrected:
+            BARS.labels(tf, "corrected").inc(res.corrected)
+        if res.skipped:
+            BARS.labels(tf, "stale").inc(res.skipped)
+        t = touched.setdefault((tp.partition, tf), _Touched(book))
+        t.rows.update(np.unique(rows[res.status != 2]).tolist())
+        if compiled is None:
+            return
+        RULE_EVALS.inc(n * len(compiled.rules))
+        for c in candidates(compiled, res.values, res.status, res.seq, bars.symbol):
+            sym = bars.symbol[c.bar]
+            ts = int(bars.ts[c.bar])
+            mode = c.rule.message.mode
+            if mode in ("once_per_bar", "once_per_bar_close") and part.already_fired(
+                c.rule.rule_id, sym, ts
+            ):
+                continue
+            requests.append((part, c, sym, book, res, bars))
+
+    async def _alerts(
+        self,
+        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+        now: int,
+    ) -> None:
+        if not requests:
+            return
+        gate_reqs = []
+        ids = []
+        for _part, c, sym, _book, _res, bars in requests:
+            m = c.rule.message
+            ts = int(bars.ts[c.bar])
+            aid = alert_id(m.rule_id, sym, m.tf, ts, c.seq if m.mode == "every_time" else 0)
+            ids.append(aid)
+            gate_reqs.append(
+                GateRequest(
+                    m.rule_id,
+                    m.ts,
+                    m.mode,
+                    m.cooldown_s,
+                    m.expires_at,
+                    m.throttle_max,
+                    m.throttle_window_s,
+                    sym,
+                    aid,
+                )
+            )
+        verdicts = await self.gate.decide(gate_reqs)
+        items: list[tuple[str, bytes, str | None]] = []
+        for (part, c, sym, book, res, bars), aid, v in zip(requests, ids, verdicts, strict=True):
+            m = c.rule.message
+            ts = int(bars.ts[c.bar])
+            if v.changed or (v.status != ACTIVE and c.rule.status == ACTIVE):
+                self.rules.set_status(m.rule_id, v.status, v.reason)
+                await self._status_changed(c.rule)
+            if not v.fire:
+                ALERTS.labels("suppressed").inc()
+                continue
+            ALERTS.labels("fired").inc()
+            if m.mode in ("once_per_bar", "once_per_bar_close"):
+                part.mark_fired(m.rule_id, sym, ts)
+            alert = Alert(
+                alert_id=aid, rule_id=m.rule_id, owner=m.owner, symbol=sym, tf=m.tf, ts=ts,
+                fired_at=now, close=float(bars.close[c.bar]),
+                values=self._values(c, book, res), message=_render(m, sym, ts, bars, c.bar),
+            )  # fmt: skip
+            data = encode(alert)
+            await self.producer.send(self.alerts_topic, data, key=m.owner.encode())
+            items.append((f"alerts.{m.owner}", data, aid))
+            self.alerts_sent += 1
+        await self.publisher.publish_many(items)
+
+    def _values(self, c: Candidate, book: Book, res: Applied) -> dict[str, float | None]:
+        """The rule's columns as of the bar it fired on (lag 0 values of its inputs)."""
+        compiled = self.rules.for_tf(c.rule.message.tf)
+        out: dict[str, float | None] = {}
+        if compiled is None:
+            return out
+        for i, (col, lag) in enumerate(zip(compiled.columns, compiled.lags, strict=True)):
+            if lag == 0 and col in c.rule.columns:
+                x = float(res.values[i, c.bar])
+                out[col] = x if np.isfinite(x) else None
+        return out
+
+    async def _status_changed(self, rule: LiveRule) -> None:
+        m = rule.message
+        log.info(
+            "rule status changed",
+            extra={"rule_id": m.rule_id, "status": rule.status, "reason": rule.reason},
+        )
+        if rule.status in ("expired",):
+            await self.gate.set_status(m.rule_id, rule.status, rule.reason)
+        event = orjson.dumps(
+            {"type": "rule_status", "rule_id": m.rule_id, "owner": m.owner,
+             "status": rule.status, "reason": rule.reason, "ts": _wall_ms()}
+        )  # fmt: skip
+        await self.publisher.publish_many(
+            [(f"alerts.{m.owner}", event, f"status:{m.rule_id}:{m.ts}:{rule.status}")]
+        )
+        self._count_rules()
+
+    def _count_rules(self) -> None:
+        counts: dict[str, int] = {}
+        for r in self.rules.rules.values():
+            counts[r.status] = counts.get(r.status, 0) + 1
+        for status in ("active", "fired", "paused", "expired", "error"):
+            RULES.labels(status).set(counts.get(status, 0))
+
+    async def _write(self, touched: dict[tuple[int, str], _Touched]) -> None:
+        """Latest values of every touched symbol: hashes, then the two channels each."""
+        if not touched:
+            return
+        prefix = self.settings.redis_prefix
+        items: list[tuple[str, bytes, str | None]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (_p, tf), t in touched.items():
+                if not t.rows:
+                    continue
+                rows = np.fromiter(sorted(t.rows), dtype=np.int64, count=len(t.rows))
+                latest = t.book.latest(rows)
+                last = t.book.last_bar(rows)
+                names = t.book.output_names
+                for i, r in enumerate(rows.tolist()):
+                    sym = t.book.names[r]
+                    bar = last[i]
+                    vals = latest[i].tolist()
+                    mapping: dict[str | bytes | bytearray | memoryview | int | float,
+                                  str | bytes | bytearray | memoryview | int | float] = {
+                        "ts": int(bar[0])
+                    }  # fmt: skip
+                    for f, x in zip(_FIELDS, bar[1:].tolist(), strict=True):
+                        mapping[f] = repr(x)
+                    for name, x in zip(names, vals, strict=True):
+                        mapping[name] = repr(x)
+                    pipe.hset(f"{prefix}ind:{tf}:{sym}", mapping=mapping)
+                    ts = int(bar[0])
+                    values = dict(zip(names, vals, strict=True))
+                    items.append((f"ind.{tf}.{sym}", orjson.dumps(
+                        {"symbol": sym, "tf": tf, "ts": ts, "values": values}), None))  # fmt: skip
+                    items.append((f"bars.{tf}.{sym}", orjson.dumps(
+                        {"symbol": sym, "tf": tf, "ts": ts,
+                         **dict(zip(_FIELDS, bar[1:].tolist(), strict=True))}), None))  # fmt: skip
+            await pipe.execute()
+        await self.publisher.publish_many(items)
+
+    # Rules ------------------------------------------------------------------------
+
+    async def on_rule_records(self, records: list[Any]) -> None:
+        """Apply ``alerts.rules`` records (upserts and tombstones) in order."""
+        async with self.lock:
+            changed: set[str] = set()
+            for record in records:
+                rule_id = record.key.decode("utf-8", "replace") if record.key else None
+                if record.value is None:
+                    if rule_id is not None:
+                        old = self.rules.delete(rule_id)
+                        if old is not None:
+                            changed.add(old.message.tf)
+                            for part in self.parts.values():
+                                part.forget_rule(rule_id)
+                    continue
+                try:
+                    msg = decode(record.value, AlertRule, max_bytes=self.settings.max_message_bytes)
+                except MessageDecodeError as exc:
+                    await self._dlq_once(record, exc)
+                    continue
+                old = self.rules.rules.get(msg.rule_id)
+                rule = self.rules.upsert(msg)
+                changed.add(msg.tf)
+                if old is not None:
+                    changed.add(old.message.tf)
+                if rule.status == "error":
+                    log.warning("alert rule rejected",
+                                extra={"rule_id": msg.rule_id, "reason": rule.reason})  # fmt: skip
+                    await self.gate.arm(msg.rule_id, msg.ts, "error", rule.reason)
+                    await self._dlq_once(record, MessageDecodeError(rule.reason))
+                    continue
+                # warm what the rule needs before it is armed
+                replayed = self._fit(changed)
+                status, reason = await self.gate.arm(msg.rule_id, msg.ts)
+                self.rules.set_status(msg.rule_id, status, reason)
+                log.info(
+                    "alert rule loaded",
+                    extra={"rule_id": msg.rule_id, "tf": msg.tf, "status": status,
+                           "warmup_bars": replayed},
+                )  # fmt: skip
+            self._fit(changed)
+            self._count_rules()
+
+    def _fit(self, tfs: set[str]) -> int:
+        replayed = 0
+        for part in self.parts.values():
+            for tf, book in part.books.items():
+                if tf in tfs:
+                    replayed += part.fit(book, self.rules)
+        WARMUP_BARS.inc(replayed)
+        return replayed
+
+    async def _dlq_once(self, record: Any, exc: Exception) -> None:
+        """Every engine reads the whole rules topic; only the first routes a bad record."""
+        key = f"{self.settings.redis_prefix}dlq:{record.topic}:{record.partition}:{record.offset}"
+        if await self.redis.set(key, 1, nx=True, ex=30 * 86_400):
+            await self.dlq.route(record, exc)
+            await self.producer.flush()
+
+    # Checkpoints ------------------------------------------------------------------
+
+    async def _checkpoint_due(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        oldest = 0.0
+        for tp, part in self.parts.items():
+            due = part.next_offset != part.saved_offset and (
+                now - part.saved_at >= s.engine_checkpoint_interval_s
+                or part.bars_since_save >= s.engine_checkpoint_bars
+            )
+            if due:
+                await self._save(tp, part)
+            oldest = max(oldest, now - part.saved_at if part.saved_at else 0.0)
+        CHECKPOINT_AGE.set(oldest)
+
+    async def _save(self, tp: TopicPartition, part: PartitionState) -> None:
+        if part.next_offset is None or part.next_offset == part.saved_offset:
+            return
+        started = time.perf_counter()
+        blob = part.to_bytes()
+        size = await self.store.save_blob(tp.topic, tp.partition, part.next_offset, blob)
+        CHECKPOINTS.observe(time.perf_counter() - started)
+        CHECKPOINT_BYTES.set(size)
+        part.saved_offset = part.next_offset
+        part.saved_at = time.monotonic()
+        part.bars_since_save = 0
+
+    async def checkpoint_all(self) -> None:
+        async with self.lock:
+            for tp, part in self.parts.items():
+                await self._save(tp, part)
+
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        async with self.lock:
+            for tp in partitions:
+                started = time.perf_counter()
+                stored = await self.store.offset(tp.topic, tp.partition)
+                kept = self.parked.pop(tp, None)
+                if (
+                    kept is not None
+                    and kept.saved_offset is not None
+                    and stored == kept.saved_offset
+                ):
+                    # (saved on revoke, and nobody has checkpointed the partition since)
+                    part = kept  # ours all along: no reload
+                    how = "kept"
+                else:
+                    part, how = await self._restore(tp)
+                self.parts[tp] = part
+                if self.consumer is not None:
+                    # the state covers records before saved_offset; with no state, every
+                    # record counts (a committed offset alone would skip bars the state needs)
+                    if part.saved_offset is not None:
+                        await self.consumer.seek(tp, part.saved_offset)
+                    else:
+                        await self.consumer.seek_to_beginning(tp)
+                    self.restored_from[tp] = part.saved_offset or 0
+                RESTORE_SECONDS.observe(time.perf_counter() - started)
+                log.info(
+                    "engine partition assigned",
+                    extra={"partition": tp.partition, "state": how,
+                           "offset": part.saved_offset, "symbols": part.symbols},
+                )  # fmt: skip
+            self.parked.clear()  # what was not given back belongs to others now
+
+    async def _restore(self, tp: TopicPartition) -> tuple[PartitionState, str]:
+        try:
+            ckpt = await self.store.load_blob(tp.topic, tp.partition)
+        except ValueError as exc:
+            log.warning("engine checkpoint unreadable", extra={"error": str(exc)})
+            return self._new_part(), "empty"
+        if ckpt is None:
+            return self._new_part(), "empty"
+        try:
+            part = PartitionState.from_bytes(
+                ckpt.blob, self.base, self.settings.engine_history_bars, self.rules
+            )
+        except (StateVersionError, KeyError, ValueError) as exc:
+            log.warning(
+                "engine checkpoint unusable; rebuilding from the committed offset",
+                extra={"partition": tp.partition, "error": str(exc)},
+            )
+            return self._new_part(), "empty"
+        part.next_offset = part.saved_offset = ckpt.offset
+        part.saved_at = time.monotonic()
+        return part, "restored"
+
+    async def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        async with self.lock:
+            await self.producer.flush()
+            for tp in partitions:
+                part = self.parts.pop(tp, None)
+                if part is not None:
+                    await self._save(tp, part)
+                    self.parked[tp] = part
+
+
+def _render(rule: AlertRule, symbol: str, ts: int, bars: BarRows, b: int) -> str | None:
+    """The rule's message with its placeholders filled (the notifier renders templates
+    per channel; this is the plain text that goes with the alert)."""
+    text = rule.message
+    if not text:
+        return None
+    fields = {
+        "symbol": symbol, "tf": rule.tf, "ts": str(ts), "rule": rule.name or rule.rule_id,
+        "close": repr(float(bars.close[b])),
+    }  # fmt: skip
+    for k, v in fields.items():
+        text = text.replace("{{" + k + "}}", v)
+    return text[:2_000]
+
+
+async def engine_service(
+    settings: Settings,
+    stop: asyncio.Event,
+    ops: OpsServer,
+    *,
+    started: Callable[[EngineService], None] | None = None,
+) -> None:
+    """The engine process: runs until ``stop``. ``started`` sees the handler (tests)."""
+    redis = redis_client(settings)
+    try:
+        async with Producer(settings) as producer:
+            handler = EngineService(settings, producer, redis)
+            if started is not None:
+                started(handler)
+            async with TopicFollower(settings, handler.rules_topic) as follower:
+                loaded = await follower.catch_up(handler.on_rule_records)
+                log.info(
+                    "alert rules loaded",
+                    extra={"records": loaded, "rules": len(handler.rules.rules)},
+                )
+                consumer = BatchConsumer(
+                    settings, [handler.bars_topic], handler.group, handler,
+                    max_records=settings.engine_batch_max,
+                )  # fmt: skip
+                handler.consumer = consumer
+                ops.checks["engine"] = consumer_ready(consumer)
+                follow_stop = asyncio.Event()
+                follow = asyncio.create_task(
+                    follower.follow(handler.on_rule_records, follow_stop), name="engine-rules"
+                )
+                try:
+                    await run_consumer(consumer, stop)
+                finally:
+                    follow_stop.set()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await follow
+    finally:
+        await redis.aclose()

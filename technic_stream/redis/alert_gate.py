@@ -1,0 +1,181 @@
+"""The alert gate: one atomic decision per alert id, shared by every engine process.
+
+A rule that holds on a bar is a *candidate*; whether it fires depends on state that
+spans partitions and processes — the rule fired already (``once``), its cooldown per
+symbol, its expiry, and its throttle (at most ``throttle_max`` firings in
+``throttle_window_s``; one more pauses the rule until it is edited). A Lua script
+decides, records the decision under the alert id and returns it. Asked again about the
+same alert id — a replay after a crash — it returns the recorded decision, so the replay
+produces exactly the alerts the first run did, whatever the clock says now.
+
+Keys (prefix ``technic:``):
+
+* ``rule:{rule_id}`` — hash: ``version`` (the rule's ts; a newer version re-arms the
+  rule), ``status`` (active, fired, paused, expired), ``reason``, ``fired`` (count),
+  ``last_fired_ms``, ``last_alert``. The gateway and dashboard read rule status here.
+* ``rule:{rule_id}:fires`` — list of the latest firing times (newest first, at most
+  ``throttle_max``), the throttle's sliding window.
+* ``rule:{rule_id}:last`` — hash symbol → last firing time (cooldown).
+* ``alert:{alert_id}`` — the decision, ``1`` or ``0``, kept ``decision_ttl_s``.
+
+Times are the Redis server's clock (``TIME``), one clock for every process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+__all__ = ["AlertGate", "GateRequest", "GateVerdict"]
+
+_GATE = """
+local rule, fires, last, decision = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local version, mode, cooldown = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local expires, tmax, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local symbol, alert, ttl = ARGV[7], ARGV[8], ARGV[9]
+local prior = redis.call('GET', decision)
+if prior then
+  local st = redis.call('HMGET', rule, 'status', 'reason')
+  return {tonumber(prior), st[1] or 'active', st[2] or '', 0, 1}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
+if version > known then
+  redis.call('HSET', rule, 'version', version, 'status', 'active', 'reason', '')
+  redis.call('DEL', fires, last)
+end
+local status = redis.call('HGET', rule, 'status') or 'active'
+local reason = redis.call('HGET', rule, 'reason') or ''
+local fire, changed = 0, 0
+if status == 'active' then
+  if expires > 0 and now >= expires then
+    status, reason, changed = 'expired', 'expired', 1
+  else
+    local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
+    if not (cooldown > 0 and prev >= 0 and now - prev < cooldown) then
+      local oldest = redis.call('LINDEX', fires, tmax - 1)
+      if oldest and now - tonumber(oldest) < window then
+        status, changed = 'paused', 1
+        reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
+      else
+        fire = 1
+        redis.call('LPUSH', fires, now)
+        redis.call('LTRIM', fires, 0, tmax - 1)
+        redis.call('HSET', last, symbol, now)
+        redis.call('HINCRBY', rule, 'fired', 1)
+        redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', alert)
+        if mode == 'once' then
+          status, reason, changed = 'fired', 'fired once', 1
+        end
+      end
+    end
+  end
+  if changed == 1 then
+    redis.call('HSET', rule, 'status', status, 'reason', reason)
+  end
+end
+redis.call('SET', decision, fire, 'EX', ttl)
+return {fire, status, reason, changed, 0}
+"""
+
+# A rule (re)loaded by an engine: a newer version re-arms it (status active, throttle and
+# cooldowns cleared) or records the status given; an older or equal version changes
+# nothing (engines replaying the rules topic on start must not re-arm a paused rule).
+# Returns the rule's status and reason after.
+_ARM = """
+local rule, fires, last = KEYS[1], KEYS[2], KEYS[3]
+local version, status, reason = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
+if version > known then
+  redis.call('HSET', rule, 'version', version, 'status', status, 'reason', reason)
+  redis.call('DEL', fires, last)
+end
+local st = redis.call('HMGET', rule, 'status', 'reason')
+return {st[1] or status, st[2] or ''}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    rule_id: str
+    version: int  # the rule's ts
+    mode: str
+    cooldown_s: int
+    expires_at: int | None
+    throttle_max: int
+    throttle_window_s: int
+    symbol: str
+    alert_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    fire: bool
+    status: str  # the rule's status after this decision
+    reason: str
+    changed: bool  # this decision changed the rule's status
+    replayed: bool  # decided before (a replay): the recorded decision
+
+
+class AlertGate:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str = "technic:", *, decision_ttl_s: int = 604_800
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self.decision_ttl_s = decision_ttl_s
+        self._script = redis.register_script(_GATE)
+        self._arm = redis.register_script(_ARM)
+
+    def rule_key(self, rule_id: str) -> str:
+        return f"{self._prefix}rule:{rule_id}"
+
+    def _keys(self, req: GateRequest) -> list[str]:
+        base = self.rule_key(req.rule_id)
+        return [base, f"{base}:fires", f"{base}:last", f"{self._prefix}alert:{req.alert_id}"]
+
+    async def decide(self, requests: Sequence[GateRequest]) -> list[GateVerdict]:
+        """Decide candidates in order (one pipeline; each decision is atomic)."""
+        if not requests:
+            return []
+        await self._redis.script_load(_GATE)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for r in requests:
+                args: list[str | int] = [r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
+                        r.throttle_max, r.throttle_window_s * 1000, r.symbol, r.alert_id,
+                        self.decision_ttl_s]  # fmt: skip
+                await self._script(keys=self._keys(r), args=args, client=pipe)
+            results = await pipe.execute()
+        return [
+            GateVerdict(bool(int(f)), _s(st), _s(rs), bool(int(ch)), bool(int(rp)))
+            for f, st, rs, ch, rp in results
+        ]
+
+    async def arm(
+        self, rule_id: str, version: int, status: str = "active", reason: str = ""
+    ) -> tuple[str, str]:
+        """Register version ``version`` of a rule; return its (status, reason) after."""
+        base = self.rule_key(rule_id)
+        st, rs = await self._arm(
+            keys=[base, f"{base}:fires", f"{base}:last"], args=[version, status, reason]
+        )
+        return _s(st), _s(rs)
+
+    async def set_status(self, rule_id: str, status: str, reason: str) -> None:
+        """Record a status the engine decided itself (expired)."""
+        await self._redis.hset(self.rule_key(rule_id), mapping={"status": status, "reason": reason})
+
+    async def status(self, rule_id: str) -> dict[str, str]:
+        raw = await self._redis.hgetall(self.rule_key(rule_id))
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def forget(self, rule_id: str) -> None:
+        base = self.rule_key(rule_id)
+        await self._redis.delete(base, f"{base}:fires", f"{base}:last")
+
+
+def _s(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
