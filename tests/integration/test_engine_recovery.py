@@ -6,18 +6,14 @@ replay only the tail after the checkpoint."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import socket
-import sys
 
-import aiohttp
 import numpy as np
 import pytest
 
 from technic_stream.config import Settings
 from technic_stream.engine.service import ENGINE_GROUP
+from technic_stream.local.service import ServiceChild
 from technic_stream.messages import Alert, alert_id, decode
 from technic_stream.redis import redis_client
 from technic_stream.redis.checkpoint import CheckpointStore
@@ -42,80 +38,12 @@ RULES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_PASSED_ON = (
-    "kafka_bootstrap", "redis_url", "mongo_url", "topic_prefix", "redis_prefix", "mongo_db",
-    "partitions", "kafka_session_timeout_ms", "kafka_heartbeat_interval_ms",
-    "kafka_fetch_timeout_ms", "kafka_linger_ms",
-)  # fmt: skip
-
-
-class EngineProcess:
-    """``python -m technic_stream engine`` with the test's settings and its own ops port."""
-
-    def __init__(self, settings: Settings, log_path, **extra: str) -> None:
-        self.port = _free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
-        for f in _PASSED_ON:
-            env[f"TECHNIC_{f.upper()}"] = str(getattr(settings, f))
-        env.update({"TECHNIC_OPS_PORT": str(self.port), "TECHNIC_ENGINE_BATCH_MAX": "200",
-                    "TECHNIC_ENGINE_CHECKPOINT_BARS": "500",
-                    "TECHNIC_ENGINE_CHECKPOINT_INTERVAL_S": "3600", **extra})  # fmt: skip
-        self.env = env
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self._log = self.log_path.open("ab")  # closed in wait()
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "technic_stream", "engine",
-            env=self.env, stdout=self._log, stderr=self._log,
-        )  # fmt: skip
-
-    async def metric(self, name: str) -> float:
-        """Sum of a metric's samples (0 while the process is not serving yet)."""
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"http://127.0.0.1:{self.port}/metrics", timeout=aiohttp.ClientTimeout(total=2)
-                ) as r,
-            ):
-                text = await r.text()
-        except (aiohttp.ClientError, TimeoutError):
-            return 0.0
-        pattern = rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$"
-        return sum(float(m) for m in re.findall(pattern, text, re.M))
-
-    async def ready(self) -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"http://127.0.0.1:{self.port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as r,
-            ):
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    async def consumed(self) -> int:
-        return int(await self.metric("technic_kafka_consumed_total"))
-
-    async def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        code = await asyncio.wait_for(self.proc.wait(), 60)
-        self._log.close()
-        return code
+def engine_process(settings: Settings, log_path) -> ServiceChild:
+    """The engine as a child, with small batches and frequent bar-count checkpoints."""
+    return ServiceChild(
+        settings, "engine", log_path, TECHNIC_ENGINE_BATCH_MAX="200",
+        TECHNIC_ENGINE_CHECKPOINT_BARS="500", TECHNIC_ENGINE_CHECKPOINT_INTERVAL_S="3600",
+    )  # fmt: skip
 
 
 async def _until(cond, what: str, within: float = 90.0) -> None:
@@ -170,18 +98,18 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(settin
     series = market(16, 300, seed=7)
     await send_rules(settings, RULES)
     first = await send_bars(settings, series, 0, 200)
-    a = EngineProcess(settings, tmp_path / "a.log")
+    a = engine_process(settings, tmp_path / "a.log")
     await a.start()
     # kill it once it is well into the stream, whatever the batch in flight
     await _until(lambda: _at_least(a, first * 0.6), "engine progress")
-    await a.signal(signal.SIGKILL)
-    assert await a.wait() == -signal.SIGKILL
+    a.signal(signal.SIGKILL)
+    assert await asyncio.wait_for(a.wait(), 60) == -signal.SIGKILL
     total = first + await send_bars(settings, series, 200, 300)
     # (not end_offsets: the local broker reports the last batch's base offset + 1 there)
     tail = total - await _checkpointed(settings)
     assert 0 < tail < total  # something was checkpointed, something was not
 
-    b = EngineProcess(settings, tmp_path / "b.log")
+    b = engine_process(settings, tmp_path / "b.log")
     await b.start()
     try:
         await _until(lambda: _at_least(b, tail), "recovery")
@@ -190,11 +118,11 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(settin
         alerts = await _check_results(settings, series)
         assert len(alerts) >= len({a.alert_id for a in alerts})  # duplicates only on the wire
     finally:
-        await b.signal(signal.SIGTERM)
-        assert await b.wait() == 0, (tmp_path / "b.log").read_text()[-3000:]
+        b.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(b.wait(), 60) == 0, b.log_tail()
 
 
-async def _at_least(p: EngineProcess, n: float) -> bool:
+async def _at_least(p: ServiceChild, n: float) -> bool:
     return await p.consumed() >= n
 
 
@@ -203,8 +131,8 @@ async def test_two_engines_share_the_partitions_and_one_takes_over_from_a_checkp
 ):
     series = market(16, 240, seed=8)
     await send_rules(settings, RULES)
-    a = EngineProcess(settings, tmp_path / "a.log")
-    b = EngineProcess(settings, tmp_path / "b.log")
+    a = engine_process(settings, tmp_path / "a.log")
+    b = engine_process(settings, tmp_path / "b.log")
     await a.start()
     await b.start()
     try:
@@ -212,8 +140,8 @@ async def test_two_engines_share_the_partitions_and_one_takes_over_from_a_checkp
         first = await send_bars(settings, series, 0, 120)
         await _until(lambda: _sum_at_least((a, b), first), "first half")
         assert await a.consumed() > 0 and await b.consumed() > 0  # the partitions were split
-        await b.signal(signal.SIGTERM)  # drains, checkpoints, commits, leaves
-        assert await b.wait() == 0, (tmp_path / "b.log").read_text()[-3000:]
+        b.signal(signal.SIGTERM)  # drains, checkpoints, commits, leaves
+        assert await asyncio.wait_for(b.wait(), 60) == 0, b.log_tail()
         taken = await a.consumed()
         second = await send_bars(settings, series, 120, 240)
         await _until(lambda: _at_least(a, taken + second), "second half on the survivor")
@@ -224,11 +152,11 @@ async def test_two_engines_share_the_partitions_and_one_takes_over_from_a_checkp
         log = (tmp_path / "a.log").read_text()
         assert "restored" in log
     finally:
-        await a.signal(signal.SIGTERM)
-        assert await a.wait() == 0
+        a.signal(signal.SIGTERM)
+        assert await asyncio.wait_for(a.wait(), 60) == 0
 
 
-async def _both_ready(a: EngineProcess, b: EngineProcess) -> bool:
+async def _both_ready(a: ServiceChild, b: ServiceChild) -> bool:
     return await a.ready() and await b.ready()
 
 
