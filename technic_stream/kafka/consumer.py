@@ -35,6 +35,9 @@ CONSUMED = Counter("technic_kafka_consumed", "Records consumed", ["topic"])
 DUPLICATES = Counter(
     "technic_kafka_redelivered_dropped", "Fetched records before the position (dropped)", ["topic"]
 )
+REREAD = Counter(
+    "technic_kafka_reread", "Fetches answered after a gap, read again from the position", ["topic"]
+)
 COMMITS = Counter("technic_kafka_commits", "Offset commits", ["group", "outcome"])
 BATCH_SECONDS = Histogram(
     "technic_kafka_batch_seconds",
@@ -111,6 +114,7 @@ class BatchConsumer(AsyncResource):
         # batch that starts before the position asked for (the local broker does), and
         # those records were handled already
         self._next: dict[TopicPartition, int] = {}
+        self._reread: dict[TopicPartition, int] = {}  # position a gap made us re-read from
         self.duplicates_dropped = 0
         self.records_processed = 0
 
@@ -188,10 +192,37 @@ class BatchConsumer(AsyncResource):
         BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
 
     def _fresh(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
+        """The records at or after our position in ``tp``.
+
+        Two things the fetch path can hand us: records *before* the position (the local
+        broker answers a fetch with whole stored batches, which may start earlier) are
+        dropped; records *after a gap* (a fetch sent before a seek, answered from the old
+        position) make us seek back and read the partition again from the position — once
+        per position, so a real gap in the log (compaction, transaction markers) is then
+        accepted.
+        """
         start = self._next.get(tp)
-        if start is None or not records or records[0].offset >= start:
+        if start is None or not records:
+            return records
+        first = records[0].offset
+        if first > start and self._reread.get(tp) != start:
+            assert self._consumer is not None
+            self._consumer.seek(tp, start)
+            self._reread[tp] = start
+            REREAD.labels(tp.topic).inc()
+            log.info(
+                "records after a gap; reading again from the position",
+                extra={"partition": str(tp), "position": start, "first": first},
+            )
+            return []
+        if first >= start:
             return records
         fresh = [r for r in records if r.offset >= start]
+        log.debug(
+            "dropped records below the position",
+            extra={"partition": str(tp), "position": start, "first": first,
+                   "last": records[-1].offset, "dropped": len(records) - len(fresh)},
+        )  # fmt: skip
         DUPLICATES.labels(tp.topic).inc(len(records) - len(fresh))
         self.duplicates_dropped += len(records) - len(fresh)
         return fresh
