@@ -28,18 +28,21 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from technic_stream.redis.resp import Arg, Script, execute
+
 __all__ = ["AlertGate", "GateRequest", "GateVerdict"]
 
+# One rule's candidates, in order. KEYS: rule, fires, last, then one decision key per
+# candidate; ARGV: version, mode, cooldown ms, expires ms (0: never), throttle max,
+# throttle window ms, decision ttl, then per candidate (symbol, alert id). Returns
+# {verdicts, status, reason, changed_at}: verdicts one char per candidate ('1' fire,
+# '0' not, 'R'/'r' the recorded decision of a replay), changed_at the 1-based index of
+# the candidate whose decision changed the rule's status (0: none).
 _GATE = """
-local rule, fires, last, decision = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rule, fires, last = KEYS[1], KEYS[2], KEYS[3]
 local version, mode, cooldown = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local expires, tmax, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local symbol, alert, ttl = ARGV[7], ARGV[8], ARGV[9]
-local prior = redis.call('GET', decision)
-if prior then
-  local st = redis.call('HMGET', rule, 'status', 'reason')
-  return {tonumber(prior), st[1] or 'active', st[2] or '', 0, 1}
-end
+local ttl = ARGV[7]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
@@ -47,38 +50,48 @@ if version > known then
   redis.call('HSET', rule, 'version', version, 'status', 'active', 'reason', '')
   redis.call('DEL', fires, last)
 end
-local status = redis.call('HGET', rule, 'status') or 'active'
-local reason = redis.call('HGET', rule, 'reason') or ''
-local fire, changed = 0, 0
-if status == 'active' then
-  if expires > 0 and now >= expires then
-    status, reason, changed = 'expired', 'expired', 1
+local st = redis.call('HMGET', rule, 'status', 'reason')
+local status, reason = st[1] or 'active', st[2] or ''
+local verdicts, changed_at = {}, 0
+for i = 4, #KEYS do
+  local symbol, alert = ARGV[8 + 2 * (i - 4)], ARGV[9 + 2 * (i - 4)]
+  local prior = redis.call('GET', KEYS[i])
+  if prior then
+    verdicts[#verdicts + 1] = (prior == '1') and 'R' or 'r'
   else
-    local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
-    if not (cooldown > 0 and prev >= 0 and now - prev < cooldown) then
-      local oldest = redis.call('LINDEX', fires, tmax - 1)
-      if oldest and now - tonumber(oldest) < window then
-        status, changed = 'paused', 1
-        reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
+    local fire = 0
+    if status == 'active' then
+      if expires > 0 and now >= expires then
+        status, reason, changed_at = 'expired', 'expired', i - 3
       else
-        fire = 1
-        redis.call('LPUSH', fires, now)
-        redis.call('LTRIM', fires, 0, tmax - 1)
-        redis.call('HSET', last, symbol, now)
-        redis.call('HINCRBY', rule, 'fired', 1)
-        redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', alert)
-        if mode == 'once' then
-          status, reason, changed = 'fired', 'fired once', 1
+        local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
+        if not (cooldown > 0 and prev >= 0 and now - prev < cooldown) then
+          local oldest = redis.call('LINDEX', fires, tmax - 1)
+          if oldest and now - tonumber(oldest) < window then
+            status, changed_at = 'paused', i - 3
+            reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
+          else
+            fire = 1
+            redis.call('LPUSH', fires, now)
+            redis.call('LTRIM', fires, 0, tmax - 1)
+            redis.call('HSET', last, symbol, now)
+            redis.call('HINCRBY', rule, 'fired', 1)
+            redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', alert)
+            if mode == 'once' then
+              status, reason, changed_at = 'fired', 'fired once', i - 3
+            end
+          end
         end
       end
     end
-  end
-  if changed == 1 then
-    redis.call('HSET', rule, 'status', status, 'reason', reason)
+    redis.call('SET', KEYS[i], fire, 'EX', ttl)
+    verdicts[#verdicts + 1] = tostring(fire)
   end
 end
-redis.call('SET', decision, fire, 'EX', ttl)
-return {fire, status, reason, changed, 0}
+if changed_at > 0 then
+  redis.call('HSET', rule, 'status', status, 'reason', reason)
+end
+return {table.concat(verdicts), status, reason, changed_at}
 """
 
 # A rule (re)loaded by an engine: a newer version re-arms it (status active, throttle and
@@ -127,7 +140,7 @@ class AlertGate:
         self._redis = redis
         self._prefix = prefix
         self.decision_ttl_s = decision_ttl_s
-        self._script = redis.register_script(_GATE)
+        self._script = Script(_GATE)
         self._arm = redis.register_script(_ARM)
 
     def rule_key(self, rule_id: str) -> str:
@@ -138,21 +151,36 @@ class AlertGate:
         return [base, f"{base}:fires", f"{base}:last", f"{self._prefix}alert:{req.alert_id}"]
 
     async def decide(self, requests: Sequence[GateRequest]) -> list[GateVerdict]:
-        """Decide candidates in order (one pipeline; each decision is atomic)."""
+        """Decide candidates: one atomic script call per rule, in order within a rule,
+        all in one round trip."""
         if not requests:
             return []
-        await self._redis.script_load(_GATE)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for r in requests:
-                args: list[str | int] = [r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
-                        r.throttle_max, r.throttle_window_s * 1000, r.symbol, r.alert_id,
-                        self.decision_ttl_s]  # fmt: skip
-                await self._script(keys=self._keys(r), args=args, client=pipe)
-            results = await pipe.execute()
-        return [
-            GateVerdict(bool(int(f)), _s(st), _s(rs), bool(int(ch)), bool(int(rp)))
-            for f, st, rs, ch, rp in results
-        ]
+        by_rule: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_rule.setdefault(r.rule_id, []).append(i)
+        calls = []
+        for idx in by_rule.values():
+            r = requests[idx[0]]
+            base = self.rule_key(r.rule_id)
+            keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
+            args: list[Arg] = [
+                r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
+                r.throttle_max, r.throttle_window_s * 1000, self.decision_ttl_s,
+            ]  # fmt: skip
+            for i in idx:
+                keys.append(f"{self._prefix}alert:{requests[i].alert_id}")
+                args += (requests[i].symbol, requests[i].alert_id)
+            calls.append(self._script.call(keys, args))
+        replies = await execute(self._redis, calls, scripts=[self._script])
+        out: list[GateVerdict | None] = [None] * len(requests)
+        for idx, (verdicts, status, reason, changed_at) in zip(
+            by_rule.values(), replies, strict=True
+        ):
+            st, rs, flags = _s(status), _s(reason), _s(verdicts)
+            for k, i in enumerate(idx):
+                f = flags[k]
+                out[i] = GateVerdict(f in "1R", st, rs, k + 1 == int(changed_at), f in "Rr")
+        return [v for v in out if v is not None]
 
     async def arm(
         self, rule_id: str, version: int, status: str = "active", reason: str = ""
