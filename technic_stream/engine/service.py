@@ -55,6 +55,7 @@ from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate, GateRequest
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
+from technic_stream.redis.resp import execute, pack_args
 from technic_stream.topics import group_name, topic_name
 
 __all__ = ["ENGINE_GROUP", "EngineService", "engine_service"]
@@ -68,6 +69,12 @@ BATCH_SECONDS = Histogram(
     "technic_engine_batch_seconds",
     "Decode, compute, evaluate and write one batch (commit excluded)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+STAGE_SECONDS = Counter(
+    "technic_engine_stage_seconds",
+    "Time spent per batch stage: decode, compute (kernels, rules), alerts (gate, produce), "
+    "write (Redis values and channels), flush (broker acks), checkpoint",
+    ["stage"],
 )
 LAG = Gauge("technic_engine_lag", "Records not yet processed, per partition", ["partition"])
 RULE_EVALS = Counter("technic_engine_rule_evaluations", "Rule evaluations (rules x bars)")
@@ -85,6 +92,8 @@ WARMUP_BARS = Counter("technic_engine_warmup_bars", "Bars replayed to warm new i
 SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this process")
 
 _FIELDS = ("open", "high", "low", "close", "volume")
+_HSET = b"$4\r\nHSET\r\n"
+_STAGES = ("decode", "compute", "alerts", "write", "flush", "checkpoint")
 
 
 def _wall_ms() -> int:
@@ -135,6 +144,7 @@ class EngineService:
         self.bars_applied = 0
         self.alerts_sent = 0
         self.restored_from: dict[TopicPartition, int] = {}
+        self._fields: dict[tuple[str, ...], list[bytes]] = {}  # packed hash field names
 
     def _new_part(self) -> PartitionState:
         return PartitionState(self.base, self.settings.engine_history_bars)
@@ -144,6 +154,7 @@ class EngineService:
     async def on_batch(self, batch: Batch) -> None:
         async with self.lock:
             started = time.perf_counter()
+            stages = dict.fromkeys(_STAGES, 0.0)
             now = _wall_ms()
             for rule in self.rules.expire(now):
                 await self._status_changed(rule)
@@ -153,24 +164,35 @@ class EngineService:
                 part = self.parts.get(tp)
                 if part is None:  # assigned without on_assigned (should not happen)
                     part = self.parts[tp] = self._new_part()
+                t = time.perf_counter()
                 rows, bad = decode_bar_records(records, max_bytes=self.settings.max_message_bytes)
                 for record, reason in bad:
                     await self.dlq.route(record, MessageDecodeError(reason))
+                stages["decode"] += time.perf_counter() - t
+                t = time.perf_counter()
                 tfs = sorted(set(rows.tf.tolist()))
                 for tf in tfs:
                     sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
                     self._apply(tp, part, tf, sub, touched, requests)
+                stages["compute"] += time.perf_counter() - t
                 part.next_offset = records[-1].offset + 1
                 part.bars_since_save += len(records)
                 if self.consumer is not None:
                     lag = self.consumer.lag(tp, part.next_offset)
                     if lag is not None:
                         LAG.labels(str(tp.partition)).set(lag)
+            t = time.perf_counter()
             await self._alerts(requests, now)
+            stages["alerts"] = (t2 := time.perf_counter()) - t
             await self._write(touched)
+            stages["write"] = (t3 := time.perf_counter()) - t2
             await self.producer.flush()
-            BATCH_SECONDS.observe(time.perf_counter() - started)
+            stages["flush"] = (t4 := time.perf_counter()) - t3
+            BATCH_SECONDS.observe(t4 - started)
             await self._checkpoint_due()
+            stages["checkpoint"] = time.perf_counter() - t4
+            for stage, seconds in stages.items():
+                STAGE_SECONDS.labels(stage).inc(seconds)
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
 
     def _apply(
@@ -303,40 +325,48 @@ class EngineService:
 
     async def _write(self, touched: dict[tuple[int, str], _Touched]) -> None:
         """Latest values of every touched symbol: hashes, then the two channels each."""
-        if not touched:
-            return
         prefix = self.settings.redis_prefix
+        hsets: list[tuple[int, bytes]] = []
         items: list[tuple[str, bytes, str | None]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (_p, tf), t in touched.items():
-                if not t.rows:
-                    continue
-                rows = np.fromiter(sorted(t.rows), dtype=np.int64, count=len(t.rows))
-                latest = t.book.latest(rows)
-                last = t.book.last_bar(rows)
-                names = t.book.output_names
-                for i, r in enumerate(rows.tolist()):
-                    sym = t.book.names[r]
-                    bar = last[i]
-                    vals = latest[i].tolist()
-                    mapping: dict[str | bytes | bytearray | memoryview | int | float,
-                                  str | bytes | bytearray | memoryview | int | float] = {
-                        "ts": int(bar[0])
-                    }  # fmt: skip
-                    for f, x in zip(_FIELDS, bar[1:].tolist(), strict=True):
-                        mapping[f] = repr(x)
-                    for name, x in zip(names, vals, strict=True):
-                        mapping[name] = repr(x)
-                    pipe.hset(f"{prefix}ind:{tf}:{sym}", mapping=mapping)
-                    ts = int(bar[0])
-                    values = dict(zip(names, vals, strict=True))
-                    items.append((f"ind.{tf}.{sym}", orjson.dumps(
-                        {"symbol": sym, "tf": tf, "ts": ts, "values": values}), None))  # fmt: skip
-                    items.append((f"bars.{tf}.{sym}", orjson.dumps(
-                        {"symbol": sym, "tf": tf, "ts": ts,
-                         **dict(zip(_FIELDS, bar[1:].tolist(), strict=True))}), None))  # fmt: skip
-            await pipe.execute()
-        await self.publisher.publish_many(items)
+        for (_p, tf), t in touched.items():
+            if not t.rows:
+                continue
+            rows = np.fromiter(sorted(t.rows), dtype=np.int64, count=len(t.rows))
+            book = t.book
+            names = book.output_names
+            fields = self._packed_fields(names)
+            argc = 2 + 2 * (1 + len(_FIELDS) + len(names))
+            latest = book.latest(rows).tolist()
+            last = book.last_bar(rows).tolist()
+            for r, vals, bar in zip(rows.tolist(), latest, last, strict=True):
+                sym = book.names[r]
+                ts = int(bar[0])
+                # HSET key ts <ts> open <o> ... <indicator> <value> ... (repr: exact floats)
+                values = pack_args([ts, *bar[1:], *vals])
+                hsets.append((argc, b"".join(
+                    [_HSET, *pack_args([f"{prefix}ind:{tf}:{sym}"]),
+                     *(x for pair in zip(fields, values, strict=True) for x in pair)]
+                )))  # fmt: skip
+                ind = {
+                    "symbol": sym,
+                    "tf": tf,
+                    "ts": ts,
+                    "values": dict(zip(names, vals, strict=True)),
+                }
+                items.append((f"ind.{tf}.{sym}", orjson.dumps(ind), None))
+                items.append((f"bars.{tf}.{sym}", orjson.dumps(
+                    {"symbol": sym, "tf": tf, "ts": ts, **dict(zip(_FIELDS, bar[1:], strict=True))}
+                ), None))  # fmt: skip
+        if hsets:
+            await execute(self.redis, hsets)
+        await self.publisher.publish_many(items, validate=False)
+
+    def _packed_fields(self, names: list[str]) -> list[bytes]:
+        key = tuple(names)
+        fields = self._fields.get(key)
+        if fields is None:
+            fields = self._fields[key] = pack_args(["ts", *_FIELDS, *names])
+        return fields
 
     # Rules ------------------------------------------------------------------------
 
