@@ -181,11 +181,51 @@ _REASONS = (
 )
 
 
+_NUMBER_TYPES = frozenset((float, int))
+
+
+def _all_single_bars(records: Sequence[KafkaRecord], max_bytes: int) -> BarRows | None:
+    """The columns when every record is a well-formed single Bar, checked a column at a
+    time (the common case: ~4x cheaper than record by record); None when any record is
+    not, and the record-by-record path finds which and why."""
+    try:
+        if any(r.value is None or len(r.value) > max_bytes for r in records):
+            return None
+        objs = [orjson.loads(r.value) for r in records]
+        if not all(o.__class__ is dict and o.keys() == _BAR_KEYS for o in objs):
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    if {o["type"] for o in objs} != {"bar"} or not all(o["v"].__class__ is int and o["v"] == 1
+                                                        for o in objs):  # fmt: skip
+        return None
+    tfs = [o["tf"] for o in objs]
+    syms = [o["symbol"] for o in objs]
+    if not set(tfs) <= _TF or not all(_symbol_ok(s) for s in set(syms)):
+        return None
+    ts = [o["ts"] for o in objs]
+    if {t.__class__ for t in ts} != {int}:
+        return None
+    cols = []
+    for f in _FIELDS:
+        col = [o[f] for o in objs]
+        if not {x.__class__ for x in col} <= _NUMBER_TYPES:
+            return None
+        cols.append(np.asarray(col, dtype=np.float64))
+    return BarRows(
+        np.arange(len(objs), dtype=np.int64), np.asarray(tfs, dtype=object),
+        np.asarray(syms, dtype=object), _ints(ts), *cols,
+    )  # fmt: skip
+
+
 def decode_bar_records(
     records: Sequence[KafkaRecord], *, max_bytes: int = 1_000_000
 ) -> tuple[BarRows, list[tuple[KafkaRecord, str]]]:
     """Columns of every good bar, and (record, reason) for each rejected record."""
     bad: list[tuple[KafkaRecord, str]] = []
+    fast = _all_single_bars(records, max_bytes) if records else None
+    if fast is not None:
+        return _numeric_checks(fast, records, bad)
     rec_ix: list[int] = []
     tfs: list[str] = []
     syms: list[str] = []
@@ -239,6 +279,12 @@ def decode_bar_records(
         close=np.asarray(c_l, dtype=np.float64),
         volume=np.asarray(v_l, dtype=np.float64),
     )
+    return _numeric_checks(rows, records, bad)
+
+
+def _numeric_checks(
+    rows: BarRows, records: Sequence[KafkaRecord], bad: list[tuple[KafkaRecord, str]]
+) -> tuple[BarRows, list[tuple[KafkaRecord, str]]]:
     code = _row_reasons(rows.ts, rows.open, rows.high, rows.low, rows.close, rows.volume)
     if not code.any():
         return rows, bad
