@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/kernels.py
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/engine.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

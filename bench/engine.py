@@ -1,0 +1,349 @@
+"""Engine: end-to-end bars/s and bar→alert latency, ours against Quix Streams + talipp.
+
+    .venv/bin/python bench/engine.py [--symbols 1000] [--steps 500] [--rate 10000]
+                                     [--latency-s 20] [--peer-set full|ema_rsi] [--no-peer]
+
+Starts the local stack (tansu, Redis, nx-27017) itself; every contender gets fresh topics
+(8 partitions) holding the same generated bars (``--symbols`` x ``--steps`` one-minute
+bars of the synthetic market, seeded), and runs as its own process:
+
+- **ours**: ``technic-stream engine`` with the default indicator set and ten live alert
+  rules (crossings and events, ``once_per_bar_close``, unthrottled; ``RULES``), writing
+  every symbol's values to Redis and the ``ind.*``/``bars.*`` channels and its alerts to
+  ``alerts.fired``; once with one JSON bar per message, once with ``BarBatch`` messages.
+- **peer**: ``bench/quix_peer.py``, a Quix Streams application computing the same
+  indicator set with talipp (``--peer-set ema_rsi``: EMA 21 and RSI 14 only) and emitting
+  an alert message for two of the rules.
+
+Throughput: the bars are in the topic before the contender starts; bars/s is measured
+from its first processed batch to its last (ours: the engine's bar counter, polled every
+20 ms; the peer: its own clock from the first bar to the last). Latency: the contender
+runs, the script sends JSON bars at ``--rate`` bars/s in 5 ms slices, and each alert's
+latency is the time it is read from the alert topic minus the time its bar was sent (one
+clock, this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+
+from technic_stream.config import Settings  # noqa: E402
+from technic_stream.kafka import Producer, ensure_topics  # noqa: E402
+from technic_stream.local import LocalStack  # noqa: E402
+from technic_stream.local.service import ServiceChild  # noqa: E402
+from technic_stream.marketdata.run import run_synth  # noqa: E402
+from technic_stream.marketdata.synth import SynthConfig, SyntheticMarket  # noqa: E402
+from technic_stream.messages import AlertRule, encode  # noqa: E402
+from technic_stream.topics import topic_name  # noqa: E402
+
+BENCH_OWNER = "bench"
+
+#: ten live alert rules of the kinds people set: crossings and events (a condition that
+#: stays true, like ``rsi(14) < 30``, fires on every bar close while it holds)
+RULES = [
+    "rsi(14) crosses below 30",
+    "ema(12) crosses above ema(26)",
+    "volume > 3 * avg_volume(20) and volume[1] <= 3 * avg_volume(20)[1]",
+    "close > highest(high, 252)[1]",
+    "macd(12,26,9).hist > 0 and macd(12,26,9).hist[1] <= 0",
+    "close crosses below bb(20,2).lower",
+    "adx(14) crosses above 25",
+    "change_pct(close, 5) > 10 and change_pct(close, 5)[1] <= 10",
+    "stoch(14,3,3).k crosses below 80",
+    "relvol(20) > 3 and close > open and relvol(20)[1] <= 3",
+]
+
+
+async def fresh(base: Settings) -> Settings:
+    u = uuid.uuid4().hex[:8]
+    s = base.model_copy(update={"topic_prefix": f"e{u}.", "redis_prefix": f"e{u}:"})
+    await ensure_topics(s)
+    return s
+
+
+async def send_rules(settings: Settings) -> None:
+    topic = topic_name(settings.topic_prefix, "alerts.rules")
+    async with Producer(settings) as producer:
+        for i, expr in enumerate(RULES):
+            rule = AlertRule(
+                rule_id=f"r{i}", owner=BENCH_OWNER, expr=expr, tf="1m", ts=1,
+                throttle_max=100_000, throttle_window_s=1,
+            )  # fmt: skip
+            await producer.send(topic, encode(rule), key=rule.rule_id.encode())
+        await producer.flush()
+
+
+async def until(cond: Any, what: str, within: float = 600.0, every: float = 0.05) -> float:
+    deadline = time.monotonic() + within
+    while True:
+        if await cond():
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def engine_child(settings: Settings, log: Path) -> ServiceChild:
+    return ServiceChild(settings, "engine", log, TECHNIC_LOG_LEVEL="WARNING")
+
+
+async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict[str, float]:
+    engine = engine_child(settings, workdir / f"engine-{settings.topic_prefix}log")
+    await engine.start()
+    try:
+        samples: list[tuple[float, float]] = []
+
+        async def progressed() -> bool:
+            n = await engine.metric("technic_engine_bars_total")
+            if n > 0:
+                samples.append((time.perf_counter(), n))
+            return n >= total
+
+        await until(progressed, "the engine to process every bar", every=0.02)
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        fired = await engine.metric('technic_engine_alerts_total{outcome="fired"}')
+        errors = await engine.metric('technic_engine_rules{status="error"}')
+        if errors:
+            raise RuntimeError(f"{errors:.0f} bench rules were rejected:\n{engine.log_tail()}")
+        return {"bars_s": (n1 - n0) / (t1 - t0), "seconds": t1 - t0, "alerts": fired}
+    finally:
+        engine.signal(15)
+        await asyncio.wait_for(engine.wait(), 60)
+
+
+def quix_child_argv(settings: Settings, expect: int, peer_set: str, group: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "bench" / "quix_peer.py"),
+        "--broker", str(settings.kafka_bootstrap),
+        "--input", topic_name(settings.topic_prefix, "md.bars"),
+        "--output", topic_name(settings.topic_prefix, "alerts.fired"),
+        "--group", group, "--expect", str(expect), "--set", peer_set,
+    ]  # fmt: skip
+
+
+async def quix_throughput(settings: Settings, total: int, peer_set: str) -> dict[str, float]:
+    proc = await asyncio.create_subprocess_exec(
+        *quix_child_argv(settings, total, peer_set, f"{settings.topic_prefix}quix"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 1_800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"quix peer failed ({proc.returncode}):\n{err.decode()[-3000:]}")
+    r = json.loads(out.decode().strip().splitlines()[-1])
+    return {"bars_s": r["bars"] / r["seconds"], "seconds": r["seconds"], "alerts": r["alerts"]}
+
+
+class PacedBars:
+    """The synthetic market's bars as JSON messages at a steady rate; remembers when each
+    (symbol, ts) was handed to the producer."""
+
+    def __init__(self, settings: Settings, symbols: int, seed: int) -> None:
+        self.settings = settings
+        self.market = SyntheticMarket(SynthConfig(symbols=symbols, seed=seed))
+        self.keys = [s.encode() for s in self.market.symbols]
+        self.sent_at: dict[tuple[str, int], float] = {}
+        self.sent = 0
+
+    async def run(self, rate: float, seconds: float) -> None:
+        topic = topic_name(self.settings.topic_prefix, "md.bars")
+        slice_s = 0.005
+        per_slice = max(1, round(rate * slice_s))
+        pending: list[tuple[int, bytes]] = []
+        total = int(rate * seconds)
+        start = time.perf_counter()
+        async with Producer(self.settings) as producer:
+            while self.sent < total:
+                if not pending:
+                    cols = self.market.step()
+                    ts = int(cols.ts)
+                    for j, i in enumerate(cols.index.tolist()):
+                        pending.append((i, orjson.dumps({
+                            "type": "bar", "v": 1, "symbol": self.market.symbols[i],
+                            "tf": "1m", "ts": ts, "open": float(cols.open[j]),
+                            "high": float(cols.high[j]), "low": float(cols.low[j]),
+                            "close": float(cols.close[j]), "volume": float(cols.volume[j]),
+                        })))  # fmt: skip
+                    pending.reverse()
+                    self.ts = ts
+                now = time.perf_counter()
+                for _ in range(min(per_slice, len(pending), total - self.sent)):
+                    i, data = pending.pop()
+                    self.sent_at[(self.market.symbols[i], self.ts)] = now
+                    await producer.send(topic, data, key=self.keys[i])
+                    self.sent += 1
+                ahead = start + self.sent / rate - time.perf_counter()
+                await asyncio.sleep(max(ahead, 0))
+            await producer.flush()
+
+
+async def collect_alerts(
+    settings: Settings, sent_at: dict[tuple[str, int], float], out: list[float], stop: asyncio.Event
+) -> None:
+    consumer = AIOKafkaConsumer(
+        topic_name(settings.topic_prefix, "alerts.fired"),
+        bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, fetch_max_wait_ms=5,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    a = orjson.loads(r.value)
+                    t = sent_at.get((a["symbol"], a["ts"]))
+                    if t is not None:
+                        out.append(now - t)
+    finally:
+        await consumer.stop()
+
+
+async def latency(
+    settings: Settings, start_child: Any, ready: Any, stop_child: Any, args: argparse.Namespace
+) -> dict[str, float]:
+    await start_child()
+    await until(ready, "the contender to be ready", within=120)
+    bars = PacedBars(settings, args.symbols, seed=11)
+    lat: list[float] = []
+    stop = asyncio.Event()
+    collector = asyncio.create_task(collect_alerts(settings, bars.sent_at, lat, stop))
+    try:
+        await bars.run(args.rate, args.latency_s)
+        await asyncio.sleep(2.0)  # the last alerts
+    finally:
+        stop.set()
+        await collector
+        await stop_child()
+    if not lat:
+        raise RuntimeError("no alerts arrived")
+    ms = np.array(lat) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "max": float(ms.max()), "alerts": len(lat), "bars": bars.sent}  # fmt: skip
+
+
+async def ours_latency(settings: Settings, args: argparse.Namespace, workdir: Path):
+    engine = engine_child(settings, workdir / f"engine-lat-{settings.topic_prefix}log")
+
+    async def stop() -> None:
+        engine.signal(15)
+        await asyncio.wait_for(engine.wait(), 60)
+
+    return await latency(settings, engine.start, engine.ready, stop, args)
+
+
+async def quix_latency(settings: Settings, args: argparse.Namespace):
+    proc: list[asyncio.subprocess.Process] = []
+    group = f"{settings.topic_prefix}quix"
+
+    async def start() -> None:
+        argv = quix_child_argv(settings, 10**12, args.peer_set, group)
+        null = asyncio.subprocess.DEVNULL
+        proc.append(await asyncio.create_subprocess_exec(*argv, stdout=null, stderr=null))
+
+    started = time.monotonic()
+
+    async def ready() -> bool:
+        # Quix has no readiness endpoint; it reads from the earliest offset, so joining late
+        # only delays the first bars. Give it the time it takes to join on this machine.
+        return time.monotonic() - started > 10.0
+
+    async def stop() -> None:
+        proc[0].terminate()
+        await asyncio.wait_for(proc[0].wait(), 60)
+
+    return await latency(settings, start, ready, stop, args)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--symbols", type=int, default=1_000)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=10_000, help="bars/s of the latency runs")
+    ap.add_argument("--latency-s", type=float, default=20.0)
+    ap.add_argument("--peer-set", choices=("full", "ema_rsi"), default="full")
+    ap.add_argument("--no-peer", action="store_true", help="ours only")
+    ap.add_argument("--no-rules", action="store_true", help="ours without live alert rules")
+    ap.add_argument("--repeats", type=int, default=1, help="throughput runs per contender")
+    ap.add_argument("--skip-throughput", action="store_true", help="latency runs only")
+    args = ap.parse_args()
+    config = SynthConfig(symbols=args.symbols, seed=7)
+    rows: dict[str, list[dict[str, float]]] = {}
+    with LocalStack(Settings(ops_port=0, partitions=8, log_level="WARNING")) as stack, \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        base = stack.settings
+        work = Path(tmp)
+        for _ in range(0 if args.skip_throughput else args.repeats):
+            for fmt in ("bars", "batch"):
+                s = await fresh(base)
+                if not args.no_rules:
+                    await send_rules(s)
+                r = await run_synth(s, config, steps=args.steps, fmt=fmt, progress=None)
+                print(f"ours {fmt}: {r.bars:,} bars in the topic", file=sys.stderr)
+                rows.setdefault(f"ours {fmt}", []).append(await ours_throughput(s, r.bars, work))
+                print(f"  {rows[f'ours {fmt}'][-1]}", file=sys.stderr)
+            if not args.no_peer:
+                s = await fresh(base)
+                r = await run_synth(s, config, steps=args.steps, fmt="bars", progress=None)
+                rows.setdefault("quix", []).append(await quix_throughput(s, r.bars, args.peer_set))
+                print(f"  quix {rows['quix'][-1]}", file=sys.stderr)
+        s = await fresh(base)
+        if not args.no_rules:
+            await send_rules(s)
+        lat = {"ours": await ours_latency(s, args, work)}
+        print(f"  latency ours {lat['ours']}", file=sys.stderr)
+        if not args.no_peer:
+            lat["quix"] = await quix_latency(await fresh(base), args)
+            print(f"  latency quix {lat['quix']}", file=sys.stderr)
+    report(args, rows, lat)
+
+
+def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], lat) -> None:
+    total = args.symbols * args.steps
+    print(f"# engine — {platform.processor() or platform.machine()}, {args.symbols:,} symbols"
+          f" x {args.steps} bars (~{total:,}), 8 partitions, runs: {args.repeats}\n")  # fmt: skip
+    print("| contender | bars/s (median) | runs | alerts |")
+    print("|---|---:|---|---:|")
+    names = {"ours bars": "technic-stream engine, JSON bar per message",
+             "ours batch": "technic-stream engine, BarBatch",
+             "quix": f"Quix Streams + talipp ({args.peer_set}), JSON bar per message"}  # fmt: skip
+    for key, runs in rows.items():
+        xs = [r["bars_s"] for r in runs]
+        print(f"| {names[key]} | {med(xs):,.0f} | {', '.join(f'{x:,.0f}' for x in xs)} "
+              f"| {runs[-1]['alerts']:,.0f} |")  # fmt: skip
+    if "quix" in rows and "ours bars" in rows:
+        ratio = med([r["bars_s"] for r in rows["ours bars"]]) / med(
+            [r["bars_s"] for r in rows["quix"]]
+        )
+        print(f"\nJSON bars, ours vs the peer: {ratio:.1f}x")
+    print(f"\nbar→alert latency at {args.rate:,.0f} bars/s for {args.latency_s:.0f} s:\n")
+    print("| contender | p50 ms | p99 ms | max ms | alerts |")
+    print("|---|---:|---:|---:|---:|")
+    for key, r in lat.items():
+        print(f"| {key} | {r['p50']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | {r['alerts']:,} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
