@@ -186,12 +186,13 @@ _NUMBER_TYPES = frozenset((float, int))
 
 def _all_single_bars(records: Sequence[KafkaRecord], max_bytes: int) -> BarRows | None:
     """The columns when every record is a well-formed single Bar, checked a column at a
-    time (the common case: ~4x cheaper than record by record); None when any record is
-    not, and the record-by-record path finds which and why."""
+    time (the common case); None when any record is not, and the record-by-record path
+    finds which and why."""
+    values = [r.value for r in records]
     try:
-        if any(r.value is None or len(r.value) > max_bytes for r in records):
+        if any(v is None or len(v) > max_bytes for v in values):
             return None
-        objs = [orjson.loads(r.value) for r in records]
+        objs = [orjson.loads(v) for v in values if v is not None]
         if not all(o.__class__ is dict and o.keys() == _BAR_KEYS for o in objs):
             return None
     except orjson.JSONDecodeError:
