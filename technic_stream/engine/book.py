@@ -30,7 +30,7 @@ import orjson
 from technic_stream.config import Settings
 from technic_stream.indicators.plan import IndicatorPlan
 from technic_stream.indicators.registry import IndicatorSpec, parse_indicators
-from technic_stream.indicators.state import IndicatorState, StateVersionError
+from technic_stream.indicators.state import IndicatorState, StateVersionError, grown
 from technic_stream.kernels.book import history_bars_nb, record_nb, relag_nb
 from technic_stream.rules.ast import FIELDS
 
@@ -124,16 +124,10 @@ class Book:
         while cap < needed:
             cap *= 2
         n = len(self.names)
-
-        def grown(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
-            b = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
-            b[:n] = a[:n]
-            return b
-
-        self.hist = grown(self.hist)
-        self.hcount = grown(self.hcount)
-        self.bseq = grown(self.bseq)
-        self.lagv = grown(self.lagv, NAN)
+        self.hist = grown(self.hist, cap, n)
+        self.hcount = grown(self.hcount, cap, n)
+        self.bseq = grown(self.bseq, cap, n)
+        self.lagv = grown(self.lagv, cap, n, NAN)
 
     def row(self, symbol: str) -> int:
         r = self.symbols.get(symbol)

@@ -13,7 +13,7 @@ from technic_stream.errors import TechnicStreamError
 from technic_stream.indicators.plan import IndicatorPlan
 from technic_stream.kernels.stream import apply_bars_nb
 
-__all__ = ["BatchResult", "IndicatorState", "StateVersionError"]
+__all__ = ["BatchResult", "IndicatorState", "StateVersionError", "grown"]
 
 _MAGIC = b"TSIS"
 _FORMAT = 1
@@ -33,6 +33,13 @@ class BatchResult:
     applied: int
     corrected: int
     skipped: int
+
+
+def grown(a: np.ndarray, cap: int, n: int, fill: float = 0.0) -> np.ndarray:
+    """``a`` with ``cap`` rows: its first ``n`` rows kept, the rest ``fill``."""
+    b = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
+    b[:n] = a[:n]
+    return b
 
 
 class IndicatorState:
@@ -68,17 +75,11 @@ class IndicatorState:
         if cap == self.capacity:
             return
         n = len(self._names)
-
-        def grown(a: np.ndarray, fill: float = 0.0) -> np.ndarray:
-            b = np.full((cap, *a.shape[1:]), fill, dtype=a.dtype)
-            b[:n] = a[:n]
-            return b
-
-        self.state = grown(self.state)
-        self.prev = grown(self.prev)
-        self.last_ts = grown(self.last_ts)
-        self.count = grown(self.count)
-        self.latest = grown(self.latest, np.nan)
+        self.state = grown(self.state, cap, n)
+        self.prev = grown(self.prev, cap, n)
+        self.last_ts = grown(self.last_ts, cap, n)
+        self.count = grown(self.count, cap, n)
+        self.latest = grown(self.latest, cap, n, np.nan)
 
     def row(self, symbol: str) -> int:
         """The row of ``symbol``, added if new."""
