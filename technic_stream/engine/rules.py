@@ -68,6 +68,7 @@ class TimeframeRules:
     ruleset: RuleSet
     columns: list[str]  # per input of the rule set
     lags: list[int]
+    _reported: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def specs(self) -> list[IndicatorSpec]:
@@ -77,6 +78,17 @@ class TimeframeRules:
     def depth(self) -> int:
         """Values of each column the book must keep (lag 0 .. max lag)."""
         return self.ruleset.max_lag + 1
+
+    def reported(self, rule: LiveRule) -> tuple[list[str], np.ndarray]:
+        """The columns an alert of ``rule`` reports (its lag-0 inputs) and their rows in
+        the gathered input values."""
+        got = self._reported.get(rule.rule_id)
+        if got is None:
+            inputs = enumerate(zip(self.columns, self.lags, strict=True))
+            pairs = [(col, i) for i, (col, lag) in inputs if lag == 0 and col in rule.columns]
+            got = ([c for c, _ in pairs], np.array([i for _, i in pairs], dtype=np.int64))
+            self._reported[rule.rule_id] = got
+        return got
 
 
 @dataclass(frozen=True, slots=True)

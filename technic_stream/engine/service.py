@@ -50,9 +50,9 @@ from technic_stream.indicators.state import StateVersionError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
 from technic_stream.kafka.follower import TopicFollower
 from technic_stream.marketdata.decode import BarRows, decode_bar_records
-from technic_stream.messages import Alert, AlertRule, alert_id, decode, encode
+from technic_stream.messages import AlertRule, alert_id, decode
 from technic_stream.redis import redis_client
-from technic_stream.redis.alert_gate import AlertGate, GateRequest
+from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
 from technic_stream.redis.resp import execute, pack_args
@@ -96,6 +96,10 @@ _HSET = b"$4\r\nHSET\r\n"
 _STAGES = ("decode", "compute", "alerts", "write", "flush", "checkpoint")
 
 
+def _lap(since: float) -> float:
+    return time.perf_counter() - since
+
+
 def _wall_ms() -> int:
     return int(time.time() * 1000)
 
@@ -135,7 +139,8 @@ class EngineService:
             self.redis, s.redis_prefix,
             history_size=s.channel_history_size, history_ttl_s=s.channel_history_ttl_s,
         )  # fmt: skip
-        self.gate = AlertGate(self.redis, s.redis_prefix)
+        self.gate = AlertGate(self.redis, s.redis_prefix, publisher=self.publisher)
+        self._scripts = (*self.gate.scripts, *self.publisher.scripts)
         self.rules = LiveRules()
         self.consumer: BatchConsumer | None = None
         self.lock = asyncio.Lock()
@@ -168,13 +173,13 @@ class EngineService:
                 rows, bad = decode_bar_records(records, max_bytes=self.settings.max_message_bytes)
                 for record, reason in bad:
                     await self.dlq.route(record, MessageDecodeError(reason))
-                stages["decode"] += time.perf_counter() - t
+                stages["decode"] += _lap(t)
                 t = time.perf_counter()
                 tfs = sorted(set(rows.tf.tolist()))
                 for tf in tfs:
                     sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
                     self._apply(tp, part, tf, sub, touched, requests)
-                stages["compute"] += time.perf_counter() - t
+                stages["compute"] += _lap(t)
                 part.next_offset = records[-1].offset + 1
                 part.bars_since_save += len(records)
                 if self.consumer is not None:
@@ -182,15 +187,26 @@ class EngineService:
                     if lag is not None:
                         LAG.labels(str(tp.partition)).set(lag)
             t = time.perf_counter()
-            await self._alerts(requests, now)
-            stages["alerts"] = (t2 := time.perf_counter()) - t
-            await self._write(touched)
-            stages["write"] = (t3 := time.perf_counter()) - t2
+            gate_reqs = self._gate_requests(requests, now)
+            gate_calls, groups = self.gate.commands(gate_reqs)
+            stages["alerts"] += _lap(t)
+            # one round trip: the gate's decisions (and its channel appends), the hashes
+            # and the value channels
+            t = time.perf_counter()
+            values = self._value_commands(touched)
+            replies = await execute(self.redis, [*gate_calls, *values], scripts=self._scripts)
+            stages["write"] += _lap(t)
+            t = time.perf_counter()
+            verdicts = self.gate.verdicts(len(gate_reqs), groups, replies[: len(gate_calls)])
+            await self._fired(requests, gate_reqs, verdicts)
+            stages["alerts"] += _lap(t)
+            t = time.perf_counter()
             await self.producer.flush()
-            stages["flush"] = (t4 := time.perf_counter()) - t3
-            BATCH_SECONDS.observe(t4 - started)
+            stages["flush"] += _lap(t)
+            BATCH_SECONDS.observe(_lap(started))
+            t = time.perf_counter()
             await self._checkpoint_due()
-            stages["checkpoint"] = time.perf_counter() - t4
+            stages["checkpoint"] += _lap(t)
             for stage, seconds in stages.items():
                 STAGE_SECONDS.labels(stage).inc(seconds)
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
@@ -235,69 +251,61 @@ class EngineService:
                 continue
             requests.append((part, c, sym, book, res, bars))
 
-    async def _alerts(
+    def _gate_requests(
         self,
         requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
         now: int,
-    ) -> None:
-        if not requests:
-            return
-        gate_reqs = []
-        ids = []
-        for _part, c, sym, _book, _res, bars in requests:
+    ) -> list[GateRequest]:
+        """A gate request per candidate, carrying the alert it fires as JSON (the gate
+        appends it to the owner's channel in the same step as its decision)."""
+        out = []
+        for _part, c, sym, book, res, bars in requests:
             m = c.rule.message
             ts = int(bars.ts[c.bar])
             aid = alert_id(m.rule_id, sym, m.tf, ts, c.seq if m.mode == "every_time" else 0)
-            ids.append(aid)
-            gate_reqs.append(
-                GateRequest(
-                    m.rule_id,
-                    m.ts,
-                    m.mode,
-                    m.cooldown_s,
-                    m.expires_at,
-                    m.throttle_max,
-                    m.throttle_window_s,
-                    sym,
-                    aid,
-                )
-            )
-        verdicts = await self.gate.decide(gate_reqs)
-        items: list[tuple[str, bytes, str | None]] = []
-        for (part, c, sym, book, res, bars), aid, v in zip(requests, ids, verdicts, strict=True):
+            data = orjson.dumps({
+                "type": "alert", "v": 1, "alert_id": aid, "rule_id": m.rule_id,
+                "owner": m.owner, "symbol": sym, "tf": m.tf, "ts": ts, "fired_at": now,
+                "close": float(bars.close[c.bar]), "values": self._values(c, book, res),
+                "message": _render(m, sym, ts, bars, c.bar),
+            })  # fmt: skip
+            out.append(GateRequest(
+                m.rule_id, m.ts, m.mode, m.cooldown_s, m.expires_at, m.throttle_max,
+                m.throttle_window_s, sym, aid, f"alerts.{m.owner}", data,
+            ))  # fmt: skip
+        return out
+
+    async def _fired(
+        self,
+        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+        gate_reqs: list[GateRequest],
+        verdicts: list[GateVerdict],
+    ) -> None:
+        """Act on the gate's verdicts: status changes, and each firing to ``alerts.fired``
+        (a replayed firing goes again, under the same id; it is in the channel already)."""
+        for (part, c, sym, _b, _r, _bars), q, v in zip(requests, gate_reqs, verdicts, strict=True):
             m = c.rule.message
-            ts = int(bars.ts[c.bar])
             if v.changed or (v.status != ACTIVE and c.rule.status == ACTIVE):
                 self.rules.set_status(m.rule_id, v.status, v.reason)
                 await self._status_changed(c.rule)
             if not v.fire:
                 ALERTS.labels("suppressed").inc()
                 continue
-            ALERTS.labels("fired").inc()
+            ALERTS.labels("replayed" if v.replayed else "fired").inc()
             if m.mode in ("once_per_bar", "once_per_bar_close"):
-                part.mark_fired(m.rule_id, sym, ts)
-            alert = Alert(
-                alert_id=aid, rule_id=m.rule_id, owner=m.owner, symbol=sym, tf=m.tf, ts=ts,
-                fired_at=now, close=float(bars.close[c.bar]),
-                values=self._values(c, book, res), message=_render(m, sym, ts, bars, c.bar),
-            )  # fmt: skip
-            data = encode(alert)
-            await self.producer.send(self.alerts_topic, data, key=m.owner.encode())
-            items.append((f"alerts.{m.owner}", data, aid))
+                part.mark_fired(m.rule_id, sym, int(_bars.ts[c.bar]))
+            assert q.data is not None
+            await self.producer.send(self.alerts_topic, q.data, key=m.owner.encode())
             self.alerts_sent += 1
-        await self.publisher.publish_many(items)
 
     def _values(self, c: Candidate, book: Book, res: Applied) -> dict[str, float | None]:
         """The rule's columns as of the bar it fired on (lag 0 values of its inputs)."""
         compiled = self.rules.for_tf(c.rule.message.tf)
-        out: dict[str, float | None] = {}
         if compiled is None:
-            return out
-        for i, (col, lag) in enumerate(zip(compiled.columns, compiled.lags, strict=True)):
-            if lag == 0 and col in c.rule.columns:
-                x = float(res.values[i, c.bar])
-                out[col] = x if np.isfinite(x) else None
-        return out
+            return {}
+        names, rows = compiled.reported(c.rule)
+        return {n: (x if x == x else None)  # NaN (not ready) → null
+                for n, x in zip(names, res.values[rows, c.bar].tolist(), strict=True)}  # fmt: skip
 
     async def _status_changed(self, rule: LiveRule) -> None:
         m = rule.message
@@ -323,8 +331,8 @@ class EngineService:
         for status in ("active", "fired", "paused", "expired", "error"):
             RULES.labels(status).set(counts.get(status, 0))
 
-    async def _write(self, touched: dict[tuple[int, str], _Touched]) -> None:
-        """Latest values of every touched symbol: hashes, then the two channels each."""
+    def _value_commands(self, touched: dict[tuple[int, str], _Touched]) -> list[Any]:
+        """Latest values of every touched symbol: the hashes, then the two channels each."""
         prefix = self.settings.redis_prefix
         hsets: list[tuple[int, bytes]] = []
         items: list[tuple[str, bytes, str | None]] = []
@@ -357,9 +365,7 @@ class EngineService:
                 items.append((f"bars.{tf}.{sym}", orjson.dumps(
                     {"symbol": sym, "tf": tf, "ts": ts, **dict(zip(_FIELDS, bar[1:], strict=True))}
                 ), None))  # fmt: skip
-        if hsets:
-            await execute(self.redis, hsets)
-        await self.publisher.publish_many(items, validate=False)
+        return [*hsets, *self.publisher.commands(items, validate=False)]
 
     def _packed_fields(self, names: list[str]) -> list[bytes]:
         key = tuple(names)

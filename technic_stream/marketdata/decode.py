@@ -184,18 +184,24 @@ _REASONS = (
 _NUMBER_TYPES = frozenset((float, int))
 
 
-def _all_single_bars(records: Sequence[KafkaRecord], max_bytes: int) -> BarRows | None:
+def _all_single_bars(
+    records: Sequence[KafkaRecord], max_bytes: int
+) -> tuple[BarRows | None, list[Any] | None]:
     """The columns when every record is a well-formed single Bar, checked a column at a
-    time (the common case); None when any record is not, and the record-by-record path
-    finds which and why."""
+    time (the common case); else None — with the parsed records when they all parsed, so
+    the record-by-record path (which finds what is wrong and why) need not parse again."""
     values = [r.value for r in records]
     try:
         if any(v is None or len(v) > max_bytes for v in values):
-            return None
+            return None, None
         objs = [orjson.loads(v) for v in values if v is not None]
-        if not all(o.__class__ is dict and o.keys() == _BAR_KEYS for o in objs):
-            return None
     except orjson.JSONDecodeError:
+        return None, None
+    return _single_bar_columns(objs), objs
+
+
+def _single_bar_columns(objs: list[Any]) -> BarRows | None:
+    if not all(o.__class__ is dict and o.keys() == _BAR_KEYS for o in objs):
         return None
     if {o["type"] for o in objs} != {"bar"} or not all(o["v"].__class__ is int and o["v"] == 1
                                                         for o in objs):  # fmt: skip
@@ -224,7 +230,7 @@ def decode_bar_records(
 ) -> tuple[BarRows, list[tuple[KafkaRecord, str]]]:
     """Columns of every good bar, and (record, reason) for each rejected record."""
     bad: list[tuple[KafkaRecord, str]] = []
-    fast = _all_single_bars(records, max_bytes) if records else None
+    fast, parsed = _all_single_bars(records, max_bytes) if records else (None, None)
     if fast is not None:
         return _numeric_checks(fast, records, bad)
     rec_ix: list[int] = []
@@ -233,7 +239,10 @@ def decode_bar_records(
     cols: dict[str, list[Any]] = {f: [] for f in ("ts", *_FIELDS)}
     ts_l, o_l, h_l, l_l, c_l, v_l = (cols[f] for f in ("ts", *_FIELDS))
     for i, record in enumerate(records):
-        obj, reason = _parse(record.value, max_bytes, "bar", _structure)
+        if parsed is not None:
+            obj, reason = parsed[i], _structure(parsed[i])
+        else:
+            obj, reason = _parse(record.value, max_bytes, "bar", _structure)
         if reason is not None:
             bad.append((record, reason))
             continue

@@ -23,28 +23,38 @@ Times are the Redis server's clock (``TIME``), one clock for every process.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from technic_stream.redis.channels import APPEND_LUA, ChannelPublisher
 from technic_stream.redis.resp import Arg, Script, execute
 
 __all__ = ["AlertGate", "GateRequest", "GateVerdict"]
 
-# One rule's candidates, in order. KEYS: rule, fires, last, then one decision key per
-# candidate; ARGV: version, mode, cooldown ms, expires ms (0: never), throttle max,
-# throttle window ms, decision ttl, then per candidate (symbol, alert id). Returns
+# One rule's candidates, in order. KEYS: rule, fires, last, the owner channel's meta and
+# hist ('' and '': no channel), then one decision key per candidate; ARGV: version, mode,
+# cooldown ms, expires ms (0: never), throttle max, throttle window ms, decision ttl, then
+# the channel's name, maxlen, ttl and new epoch, then per candidate (symbol, alert id,
+# data). A firing is appended to the channel in the same atomic step as its decision, so
+# a replay that finds the decision knows the alert is in the channel already. Returns
 # {verdicts, status, reason, changed_at}: verdicts one char per candidate ('1' fire,
 # '0' not, 'R'/'r' the recorded decision of a replay), changed_at the 1-based index of
 # the candidate whose decision changed the rule's status (0: none).
-_GATE = """
-local rule, fires, last = KEYS[1], KEYS[2], KEYS[3]
+_GATE = (
+    APPEND_LUA
+    + """
+local rule, fires, last, meta, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local version, mode, cooldown = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local expires, tmax, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl = ARGV[7]
+local ttl, channel, maxlen, ch_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+local new_epoch = ARGV[11]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local min_id = tostring(tonumber(t[1]) * 1000 - (ch_ttl or 0) * 1000)
 local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
 if version > known then
   redis.call('HSET', rule, 'version', version, 'status', 'active', 'reason', '')
@@ -53,8 +63,9 @@ end
 local st = redis.call('HMGET', rule, 'status', 'reason')
 local status, reason = st[1] or 'active', st[2] or ''
 local verdicts, changed_at = {}, 0
-for i = 4, #KEYS do
-  local symbol, alert = ARGV[8 + 2 * (i - 4)], ARGV[9 + 2 * (i - 4)]
+for i = 6, #KEYS do
+  local k = 12 + 3 * (i - 6)
+  local symbol, alert, data = ARGV[k], ARGV[k + 1], ARGV[k + 2]
   local prior = redis.call('GET', KEYS[i])
   if prior then
     verdicts[#verdicts + 1] = (prior == '1') and 'R' or 'r'
@@ -62,13 +73,13 @@ for i = 4, #KEYS do
     local fire = 0
     if status == 'active' then
       if expires > 0 and now >= expires then
-        status, reason, changed_at = 'expired', 'expired', i - 3
+        status, reason, changed_at = 'expired', 'expired', i - 5
       else
         local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
         if not (cooldown > 0 and prev >= 0 and now - prev < cooldown) then
           local oldest = redis.call('LINDEX', fires, tmax - 1)
           if oldest and now - tonumber(oldest) < window then
-            status, changed_at = 'paused', i - 3
+            status, changed_at = 'paused', i - 5
             reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
           else
             fire = 1
@@ -77,8 +88,11 @@ for i = 4, #KEYS do
             redis.call('HSET', last, symbol, now)
             redis.call('HINCRBY', rule, 'fired', 1)
             redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', alert)
+            if meta ~= '' then
+              append(meta, hist, channel, data, maxlen, ch_ttl, min_id, new_epoch)
+            end
             if mode == 'once' then
-              status, reason, changed_at = 'fired', 'fired once', i - 3
+              status, reason, changed_at = 'fired', 'fired once', i - 5
             end
           end
         end
@@ -93,6 +107,7 @@ if changed_at > 0 then
 end
 return {table.concat(verdicts), status, reason, changed_at}
 """
+)
 
 # A rule (re)loaded by an engine: a newer version re-arms it (status active, throttle and
 # cooldowns cleared) or records the status given; an older or equal version changes
@@ -122,6 +137,8 @@ class GateRequest:
     throttle_window_s: int
     symbol: str
     alert_id: str
+    channel: str | None = None  # where a firing is appended (the owner's alerts channel)
+    data: bytes | None = None  # the alert as JSON, appended when it fires
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +152,19 @@ class GateVerdict:
 
 class AlertGate:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str = "technic:", *, decision_ttl_s: int = 604_800
+        self,
+        redis: aioredis.Redis,
+        prefix: str = "technic:",
+        *,
+        decision_ttl_s: int = 604_800,
+        publisher: ChannelPublisher | None = None,
     ) -> None:
         self._redis = redis
+        self._publisher = publisher
         self._prefix = prefix
         self.decision_ttl_s = decision_ttl_s
         self._script = Script(_GATE)
+        self.scripts = (self._script,)
         self._arm = redis.register_script(_ARM)
 
     def rule_key(self, rule_id: str) -> str:
@@ -155,6 +179,13 @@ class AlertGate:
         all in one round trip."""
         if not requests:
             return []
+        calls, groups = self.commands(requests)
+        replies = await execute(self._redis, calls, scripts=self.scripts)
+        return self.verdicts(len(requests), groups, replies)
+
+    def commands(self, requests: Sequence[GateRequest]) -> tuple[list[list[Arg]], list[list[int]]]:
+        """The script calls deciding ``requests`` (to send with other commands in one
+        :func:`~technic_stream.redis.resp.execute`), and the request indices per call."""
         by_rule: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
             by_rule.setdefault(r.rule_id, []).append(i)
@@ -162,20 +193,30 @@ class AlertGate:
         for idx in by_rule.values():
             r = requests[idx[0]]
             base = self.rule_key(r.rule_id)
+            channel = r.channel if self._publisher is not None else None
             keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
             args: list[Arg] = [
                 r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
                 r.throttle_max, r.throttle_window_s * 1000, self.decision_ttl_s,
             ]  # fmt: skip
+            if channel is not None and self._publisher is not None:
+                keys += self._publisher.keys(channel)[:2]
+                args += [channel, *self._publisher.append_args()[:2], secrets.token_hex(6)]
+            else:
+                keys += ["", ""]
+                args += ["", 0, 0, ""]
             for i in idx:
-                keys.append(f"{self._prefix}alert:{requests[i].alert_id}")
-                args += (requests[i].symbol, requests[i].alert_id)
+                q = requests[i]
+                keys.append(f"{self._prefix}alert:{q.alert_id}")
+                args += (q.symbol, q.alert_id, q.data or b"null")
             calls.append(self._script.call(keys, args))
-        replies = await execute(self._redis, calls, scripts=[self._script])
-        out: list[GateVerdict | None] = [None] * len(requests)
-        for idx, (verdicts, status, reason, changed_at) in zip(
-            by_rule.values(), replies, strict=True
-        ):
+        return calls, list(by_rule.values())
+
+    def verdicts(
+        self, n: int, groups: Sequence[Sequence[int]], replies: Sequence[Any]
+    ) -> list[GateVerdict]:
+        out: list[GateVerdict | None] = [None] * n
+        for idx, (verdicts, status, reason, changed_at) in zip(groups, replies, strict=True):
             st, rs, flags = _s(status), _s(reason), _s(verdicts)
             for k, i in enumerate(idx):
                 f = flags[k]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -33,50 +34,63 @@ from technic_stream.redis.resp import Arg, Script, execute
 
 __all__ = ["ChannelPublisher", "History", "Published"]
 
+# The append itself, shared by every script that publishes (the alert gate appends its
+# firings in the same atomic step as its decisions): epoch (new when the channel has
+# none), next offset, the bounded stream, pub/sub. Returns offset, epoch.
+APPEND_LUA = """
+local function append(meta, hist, name, data, maxlen, ttl, min_id, new_epoch)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = new_epoch
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  local off = redis.call('HINCRBY', meta, 'offset', 1)
+  redis.call('XADD', hist, 'MAXLEN', maxlen, '*', 'o', off, 'd', data)
+  redis.call('XTRIM', hist, 'MINID', min_id)
+  redis.call('EXPIRE', meta, ttl)
+  redis.call('EXPIRE', hist, ttl)
+  redis.call('PUBLISH', string.sub(meta, 1, -6),
+    '{"channel":' .. cjson.encode(name) .. ',"offset":' .. off .. ',"epoch":"' .. epoch ..
+    '","data":' .. data .. '}')
+  return off, epoch
+end
+"""
+
 # Publishes n items in one call. KEYS: per item (meta, hist, idem) — idem is '' when the
 # item has no idempotency key; ARGV: maxlen, ttl, idem ttl, a new epoch for channels
 # that have none, then per item (name, data). Returns per item (offset, epoch, new).
-_PUBLISH = """
+_PUBLISH = (
+    APPEND_LUA
+    + """
 local maxlen, ttl, idem_ttl, new_epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now = redis.call('TIME')
 local min_id = tostring(tonumber(now[1]) * 1000 - ttl * 1000)
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
   local meta, hist, idem = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local name, data = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   local prev = false
   if idem ~= '' then
     prev = redis.call('GET', idem)
   end
   if prev then
-    table.insert(out, tonumber(prev))
-    table.insert(out, redis.call('HGET', meta, 'epoch') or '')
-    table.insert(out, 0)
+    out[#out + 1] = tonumber(prev)
+    out[#out + 1] = redis.call('HGET', meta, 'epoch') or ''
+    out[#out + 1] = 0
   else
-    local epoch = redis.call('HGET', meta, 'epoch')
-    if not epoch then
-      epoch = new_epoch
-      redis.call('DEL', hist)
-      redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
-    end
-    local off = redis.call('HINCRBY', meta, 'offset', 1)
-    redis.call('XADD', hist, 'MAXLEN', maxlen, '*', 'o', off, 'd', data)
-    redis.call('XTRIM', hist, 'MINID', min_id)
-    redis.call('EXPIRE', meta, ttl)
-    redis.call('EXPIRE', hist, ttl)
-    redis.call('PUBLISH', string.sub(meta, 1, -6),
-      '{"channel":' .. cjson.encode(name) .. ',"offset":' .. off .. ',"epoch":"' .. epoch ..
-      '","data":' .. data .. '}')
+    local off, epoch = append(meta, hist, ARGV[5 + 2 * i], ARGV[6 + 2 * i], maxlen, ttl,
+                              min_id, new_epoch)
     if idem ~= '' then
       redis.call('SET', idem, off, 'EX', idem_ttl)
     end
-    table.insert(out, off)
-    table.insert(out, epoch)
-    table.insert(out, 1)
+    out[#out + 1] = off
+    out[#out + 1] = epoch
+    out[#out + 1] = 1
   end
 end
 return out
 """
+)
 
 #: items per script call: long enough to amortise the call, short enough that Redis is
 #: never blocked for long (a few ms)
@@ -121,6 +135,7 @@ class ChannelPublisher:
         self.history_ttl_s = history_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
         self._script = Script(_PUBLISH)
+        self.scripts = (self._script,)
 
     def keys(self, channel: str, idempotency_key: str | None = None) -> list[str]:
         base = f"{self._prefix}ch:{{{channel}}}"  # a hash tag: one cluster slot per channel
@@ -144,25 +159,43 @@ class ChannelPublisher:
         JSON check for data this process serialised itself."""
         if not items:
             return []
+        replies = await execute(
+            self._redis, self.commands(items, validate=validate), scripts=self.scripts
+        )
+        return self.results(items, replies)
+
+    def commands(
+        self, items: Sequence[tuple[str, bytes, str | None]], *, validate: bool = True
+    ) -> list[list[Arg]]:
+        """The script calls that publish ``items`` (to send with other commands in one
+        :func:`~technic_stream.redis.resp.execute`; read the replies with :meth:`results`)."""
         if validate:
             for _, data, _ in items:
                 _check_json(data)
-        head: list[Arg] = [self.history_size, self.history_ttl_s, self.idempotency_ttl_s,
-                           secrets.token_hex(6)]  # fmt: skip
         calls = []
         for lo in range(0, len(items), _CHUNK):
             keys: list[Arg] = []
-            args: list[Arg] = list(head)
+            args: list[Arg] = self.append_args()
             for channel, data, idem in items[lo : lo + _CHUNK]:
                 keys += self.keys(channel, idem)[:3]
                 args += (channel, data)
             calls.append(self._script.call(keys, args))
-        replies = await execute(self._redis, calls, scripts=[self._script])
+        return calls
+
+    def results(
+        self, items: Sequence[tuple[str, bytes, str | None]], replies: Sequence[Any]
+    ) -> list[Published]:
         flat = [x for reply in replies for x in reply]
         return [
             Published(channel, int(flat[3 * i]), _text(flat[3 * i + 1]), bool(flat[3 * i + 2]))
             for i, (channel, _, _) in enumerate(items)
         ]
+
+    def append_args(self) -> list[Arg]:
+        """maxlen, ttl, idempotency ttl and a fresh epoch: the arguments every publishing
+        script starts with."""
+        return [self.history_size, self.history_ttl_s, self.idempotency_ttl_s,
+                secrets.token_hex(6)]  # fmt: skip
 
     async def position(self, channel: str) -> tuple[str, int]:
         """(epoch, latest offset); ("", 0) for a channel with no history."""
