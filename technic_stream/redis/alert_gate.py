@@ -15,7 +15,7 @@ Keys (prefix ``technic:``):
   ``last_fired_ms``, ``last_alert``. The gateway and dashboard read rule status here.
 * ``rule:{rule_id}:fires`` — list of the latest firing times (newest first, at most
   ``throttle_max``), the throttle's sliding window.
-* ``rule:{rule_id}:last`` — hash symbol → last firing time (cooldown).
+* ``rule:{rule_id}:last`` — hash symbol → last firing time (cooldown; rules with one).
 * ``alert:{alert_id}`` — the decision, ``1`` or ``0``, kept ``decision_ttl_s``.
 
 Times are the Redis server's clock (``TIME``), one clock for every process.
@@ -54,7 +54,6 @@ local ttl, channel, maxlen, ch_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10
 local new_epoch = ARGV[11]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local min_id = tostring(tonumber(t[1]) * 1000 - (ch_ttl or 0) * 1000)
 local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
 if version > known then
   redis.call('HSET', rule, 'version', version, 'status', 'active', 'reason', '')
@@ -62,10 +61,18 @@ if version > known then
 end
 local st = redis.call('HMGET', rule, 'status', 'reason')
 local status, reason = st[1] or 'active', st[2] or ''
-local verdicts, changed_at = {}, 0
+-- firings inside the throttle window: the list holds the newest (at most tmax) firing
+-- times, newest first, so binary-search for the first one outside the window
+local lo, hi = 0, math.min(redis.call('LLEN', fires), tmax)
+while lo < hi do
+  local mid = math.floor((lo + hi) / 2)
+  if now - tonumber(redis.call('LINDEX', fires, mid)) < window then lo = mid + 1 else hi = mid end
+end
+local recent, ch = lo, nil
+local fired, last_alert, stamps, verdicts, changed_at = 0, '', {}, {}, 0
 for i = 6, #KEYS do
   local k = 12 + 3 * (i - 6)
-  local symbol, alert, data = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+  local symbol, alert = ARGV[k], ARGV[k + 1]
   local prior = redis.call('GET', KEYS[i])
   if prior then
     verdicts[#verdicts + 1] = (prior == '1') and 'R' or 'r'
@@ -75,21 +82,26 @@ for i = 6, #KEYS do
       if expires > 0 and now >= expires then
         status, reason, changed_at = 'expired', 'expired', i - 5
       else
-        local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
-        if not (cooldown > 0 and prev >= 0 and now - prev < cooldown) then
-          local oldest = redis.call('LINDEX', fires, tmax - 1)
-          if oldest and now - tonumber(oldest) < window then
+        local cooled = true
+        if cooldown > 0 then
+          local prev = tonumber(redis.call('HGET', last, symbol) or '-1')
+          cooled = not (prev >= 0 and now - prev < cooldown)
+        end
+        if cooled then
+          if recent >= tmax then
             status, changed_at = 'paused', i - 5
             reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
           else
-            fire = 1
-            redis.call('LPUSH', fires, now)
-            redis.call('LTRIM', fires, 0, tmax - 1)
-            redis.call('HSET', last, symbol, now)
-            redis.call('HINCRBY', rule, 'fired', 1)
-            redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', alert)
+            fire, recent, fired, last_alert = 1, recent + 1, fired + 1, alert
+            stamps[#stamps + 1] = now
+            if cooldown > 0 then
+              redis.call('HSET', last, symbol, now)
+            end
             if meta ~= '' then
-              append(meta, hist, channel, data, maxlen, ch_ttl, min_id, new_epoch)
+              if not ch then
+                ch = open_channel(meta, hist, new_epoch)
+              end
+              add(ch, channel, ARGV[k + 2], maxlen)
             end
             if mode == 'once' then
               status, reason, changed_at = 'fired', 'fired once', i - 5
@@ -101,6 +113,17 @@ for i = 6, #KEYS do
     redis.call('SET', KEYS[i], fire, 'EX', ttl)
     verdicts[#verdicts + 1] = tostring(fire)
   end
+end
+if fired > 0 then
+  for j = 1, #stamps, 4000 do
+    redis.call('LPUSH', fires, unpack(stamps, j, math.min(j + 3999, #stamps)))
+  end
+  redis.call('LTRIM', fires, 0, tmax - 1)
+  redis.call('HINCRBY', rule, 'fired', fired)
+  redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', last_alert)
+end
+if ch then
+  close_channel(ch, ch_ttl, tostring(tonumber(t[1]) * 1000 - ch_ttl * 1000))
 end
 if changed_at > 0 then
   redis.call('HSET', rule, 'status', status, 'reason', reason)

@@ -34,26 +34,33 @@ from technic_stream.redis.resp import Arg, Script, execute
 
 __all__ = ["ChannelPublisher", "History", "Published"]
 
-# The append itself, shared by every script that publishes (the alert gate appends its
-# firings in the same atomic step as its decisions): epoch (new when the channel has
-# none), next offset, the bounded stream, pub/sub. Returns offset, epoch.
+# Appending, shared by every script that publishes (the alert gate appends its firings
+# in the same atomic step as its decisions). ``open_channel`` reads the channel's epoch
+# and offset (starting a new epoch when the channel has none); ``add`` appends one message
+# at the next offset (bounded stream + pub/sub); ``close_channel`` stores the offset,
+# trims by age and renews the expiry — once per call however many messages were added.
 APPEND_LUA = """
-local function append(meta, hist, name, data, maxlen, ttl, min_id, new_epoch)
-  local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
-    epoch = new_epoch
+local function open_channel(meta, hist, new_epoch)
+  local st = redis.call('HMGET', meta, 'epoch', 'offset')
+  if not st[1] then
     redis.call('DEL', hist)
-    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+    return {meta = meta, hist = hist, epoch = new_epoch, off = 0}
   end
-  local off = redis.call('HINCRBY', meta, 'offset', 1)
-  redis.call('XADD', hist, 'MAXLEN', maxlen, '*', 'o', off, 'd', data)
-  redis.call('XTRIM', hist, 'MINID', min_id)
-  redis.call('EXPIRE', meta, ttl)
-  redis.call('EXPIRE', hist, ttl)
-  redis.call('PUBLISH', string.sub(meta, 1, -6),
-    '{"channel":' .. cjson.encode(name) .. ',"offset":' .. off .. ',"epoch":"' .. epoch ..
-    '","data":' .. data .. '}')
-  return off, epoch
+  return {meta = meta, hist = hist, epoch = st[1], off = tonumber(st[2]) or 0}
+end
+local function add(ch, name, data, maxlen)
+  ch.off = ch.off + 1
+  redis.call('XADD', ch.hist, 'MAXLEN', maxlen, '*', 'o', ch.off, 'd', data)
+  redis.call('PUBLISH', string.sub(ch.meta, 1, -6),
+    '{"channel":' .. cjson.encode(name) .. ',"offset":' .. ch.off .. ',"epoch":"' ..
+    ch.epoch .. '","data":' .. data .. '}')
+  return ch.off
+end
+local function close_channel(ch, ttl, min_id)
+  redis.call('HSET', ch.meta, 'epoch', ch.epoch, 'offset', ch.off)
+  redis.call('XTRIM', ch.hist, 'MINID', min_id)
+  redis.call('EXPIRE', ch.meta, ttl)
+  redis.call('EXPIRE', ch.hist, ttl)
 end
 """
 
@@ -78,13 +85,14 @@ for i = 0, #KEYS / 3 - 1 do
     out[#out + 1] = redis.call('HGET', meta, 'epoch') or ''
     out[#out + 1] = 0
   else
-    local off, epoch = append(meta, hist, ARGV[5 + 2 * i], ARGV[6 + 2 * i], maxlen, ttl,
-                              min_id, new_epoch)
+    local ch = open_channel(meta, hist, new_epoch)
+    local off = add(ch, ARGV[5 + 2 * i], ARGV[6 + 2 * i], maxlen)
+    close_channel(ch, ttl, min_id)
     if idem ~= '' then
       redis.call('SET', idem, off, 'EX', idem_ttl)
     end
     out[#out + 1] = off
-    out[#out + 1] = epoch
+    out[#out + 1] = ch.epoch
     out[#out + 1] = 1
   end
 end
