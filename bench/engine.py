@@ -123,7 +123,13 @@ async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict
         errors = await engine.metric('technic_engine_rules{status="error"}')
         if errors:
             raise RuntimeError(f"{errors:.0f} bench rules were rejected:\n{engine.log_tail()}")
-        return {"bars_s": (n1 - n0) / (t1 - t0), "seconds": t1 - t0, "alerts": fired}
+        return {
+            "bars_s": (n1 - n0) / (t1 - t0),
+            "seconds": t1 - t0,
+            "alerts": fired,
+            "first_sample": n0,
+            "samples": len(samples),
+        }
     finally:
         engine.signal(15)
         await asyncio.wait_for(engine.wait(), 60)

@@ -283,20 +283,26 @@ class EngineService:
     ) -> None:
         """Act on the gate's verdicts: status changes, and each firing to ``alerts.fired``
         (a replayed firing goes again, under the same id; it is in the channel already)."""
+        out: list[tuple[bytes, bytes]] = []
+        outcomes = dict.fromkeys(("fired", "replayed", "suppressed"), 0)
         for (part, c, sym, _b, _r, _bars), q, v in zip(requests, gate_reqs, verdicts, strict=True):
             m = c.rule.message
             if v.changed or (v.status != ACTIVE and c.rule.status == ACTIVE):
                 self.rules.set_status(m.rule_id, v.status, v.reason)
                 await self._status_changed(c.rule)
             if not v.fire:
-                ALERTS.labels("suppressed").inc()
+                outcomes["suppressed"] += 1
                 continue
-            ALERTS.labels("replayed" if v.replayed else "fired").inc()
+            outcomes["replayed" if v.replayed else "fired"] += 1
             if m.mode in ("once_per_bar", "once_per_bar_close"):
                 part.mark_fired(m.rule_id, sym, int(_bars.ts[c.bar]))
             assert q.data is not None
-            await self.producer.send(self.alerts_topic, q.data, key=m.owner.encode())
-            self.alerts_sent += 1
+            out.append((m.owner.encode(), q.data))
+        await self.producer.send_many(self.alerts_topic, out)
+        for outcome, n in outcomes.items():
+            if n:
+                ALERTS.labels(outcome).inc(n)
+        self.alerts_sent += len(out)
 
     def _values(self, c: Candidate, book: Book, res: Applied) -> dict[str, float | None]:
         """The rule's columns as of the bar it fired on (lag 0 values of its inputs)."""

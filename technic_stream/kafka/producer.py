@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from technic_stream.config import Settings
 from technic_stream.errors import KafkaTransportError
@@ -90,6 +91,41 @@ class Producer(AsyncResource):
             raise KafkaTransportError("send", str(exc), topic=topic) from exc
         self._pending.append(fut)
         return fut
+
+    async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> int:
+        """Enqueue (key, value) records in one batch per partition — the partition Kafka's
+        default partitioner picks for the key, as :meth:`send` would — without a future per
+        record (for many small records, such as a batch's alerts). Returns batches sent."""
+        if self._state is not _State.OPEN or self._producer is None:
+            raise RuntimeError("producer is not open")
+        if not records:
+            return 0
+        parts = sorted(await self._producer.partitions_for(topic))
+        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            p = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
+            groups.setdefault(p, []).append((key, value))
+        sent = 0
+        try:
+            for p, recs in groups.items():
+                batch = self._producer.create_batch()
+                for key, value in recs:
+                    if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                        self._pending.append(
+                            await self._producer.send_batch(batch, topic, partition=p)
+                        )
+                        sent += 1
+                        batch = self._producer.create_batch()
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            raise KafkaTransportError(
+                                "send", f"a record of {len(value)} bytes exceeds the batch size",
+                                topic=topic,
+                            )  # fmt: skip
+                self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+                sent += 1
+        except KafkaError as exc:
+            raise KafkaTransportError("send", str(exc), topic=topic) from exc
+        return sent
 
     async def send_and_wait(
         self,

@@ -181,3 +181,20 @@ async def test_two_members_split_the_partitions(settings):
             await asyncio.gather(*runs)
     assert got_a and got_b and not got_a & got_b
     assert len(got_a | got_b) == settings.partitions
+
+
+async def test_send_many_lands_each_key_where_send_puts_it_in_order(settings):
+    one, many = f"{settings.topic_prefix}md.bars", f"{settings.topic_prefix}md.trades"
+    records = [(f"K{i % 7}".encode(), orjson.dumps({"n": i})) for i in range(300)]
+    async with Producer(settings) as producer:
+        for key, value in records:
+            await producer.send(one, value, key=key)
+        batches = await producer.send_many(many, records)
+        assert 1 <= batches <= settings.partitions  # one batch per partition used
+        assert await producer.flush() == 300 + batches  # every record and batch acknowledged
+    a = await read_topic(settings, one, expect=300)
+    b = await read_topic(settings, many, expect=300)
+    where = {(r.key, r.value): r.partition for r in a}
+    assert {(r.key, r.value): r.partition for r in b} == where
+    for key in {k for k, _ in records}:  # per key, in the order sent
+        assert [r.value for r in b if r.key == key] == [v for k, v in records if k == key]
