@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     kafka_fetch_max_records: int = Field(default=5_000, ge=1, le=1_000_000)
     kafka_fetch_timeout_ms: int = Field(default=200, ge=0, le=60_000)
+    kafka_fetch_max_wait_ms: int = Field(
+        default=10, ge=1, le=60_000,
+        description="longest a fetch waits at the broker for data (bounds added latency)",
+    )  # fmt: skip
     kafka_linger_ms: int = Field(default=5, ge=0, le=10_000)
     kafka_max_batch_bytes: int = Field(default=1_048_576, ge=1_024)
     kafka_acks: Literal["all", "1", "0"] = "all"
@@ -126,6 +130,11 @@ class Settings(BaseSettings):
     )
     engine_batch_max: int = Field(
         default=20_000, ge=1, le=1_000_000, description="records fetched per engine batch"
+    )
+    channel_publish: Literal["subscribed", "all"] = Field(
+        default="subscribed",
+        description="market channels (ind.*, bars.*) to publish: those a gateway has "
+        "registered interest in, or all",
     )
     channel_history_size: int = Field(
         default=1_000, ge=1, le=1_000_000, description="messages kept per channel"

@@ -55,6 +55,7 @@ from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
+from technic_stream.redis.interest import ChannelInterest
 from technic_stream.redis.resp import execute, pack_args
 from technic_stream.topics import group_name, topic_name
 
@@ -93,6 +94,7 @@ SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this p
 
 _FIELDS = ("open", "high", "low", "close", "volume")
 _HSET = b"$4\r\nHSET\r\n"
+_INTEREST_REFRESH_S = 1.0
 _STAGES = ("decode", "compute", "alerts", "write", "flush", "checkpoint")
 
 
@@ -140,6 +142,9 @@ class EngineService:
             history_size=s.channel_history_size, history_ttl_s=s.channel_history_ttl_s,
         )  # fmt: skip
         self.gate = AlertGate(self.redis, s.redis_prefix, publisher=self.publisher)
+        self.interest = ChannelInterest(self.redis, s.redis_prefix)
+        self._wanted: set[str] | None = None  # None: every channel (channel_publish=all)
+        self._wanted_at = -1e9
         self._scripts = (*self.gate.scripts, *self.publisher.scripts)
         self.rules = LiveRules()
         self.consumer: BatchConsumer | None = None
@@ -193,6 +198,7 @@ class EngineService:
             # one round trip: the gate's decisions (and its channel appends), the hashes
             # and the value channels
             t = time.perf_counter()
+            await self._refresh_interest()
             values = self._value_commands(touched)
             replies = await execute(self.redis, [*gate_calls, *values], scripts=self._scripts)
             stages["write"] += _lap(t)
@@ -338,8 +344,10 @@ class EngineService:
             RULES.labels(status).set(counts.get(status, 0))
 
     def _value_commands(self, touched: dict[tuple[int, str], _Touched]) -> list[Any]:
-        """Latest values of every touched symbol: the hashes, then the two channels each."""
+        """Latest values of every touched symbol: the hashes, then its two channels where
+        anyone wants them (see :mod:`technic_stream.redis.interest`)."""
         prefix = self.settings.redis_prefix
+        wanted = self._wanted
         hsets: list[tuple[int, bytes]] = []
         items: list[tuple[str, bytes, str | None]] = []
         for (_p, tf), t in touched.items():
@@ -361,17 +369,25 @@ class EngineService:
                     [_HSET, *pack_args([f"{prefix}ind:{tf}:{sym}"]),
                      *(x for pair in zip(fields, values, strict=True) for x in pair)]
                 )))  # fmt: skip
-                ind = {
-                    "symbol": sym,
-                    "tf": tf,
-                    "ts": ts,
-                    "values": dict(zip(names, vals, strict=True)),
-                }
-                items.append((f"ind.{tf}.{sym}", orjson.dumps(ind), None))
-                items.append((f"bars.{tf}.{sym}", orjson.dumps(
-                    {"symbol": sym, "tf": tf, "ts": ts, **dict(zip(_FIELDS, bar[1:], strict=True))}
-                ), None))  # fmt: skip
+                ind_ch, bar_ch = f"ind.{tf}.{sym}", f"bars.{tf}.{sym}"
+                if wanted is None or ind_ch in wanted:
+                    values_by_name = dict(zip(names, vals, strict=True))
+                    ind = {"symbol": sym, "tf": tf, "ts": ts, "values": values_by_name}
+                    items.append((ind_ch, orjson.dumps(ind), None))
+                if wanted is None or bar_ch in wanted:
+                    ohlcv = dict(zip(_FIELDS, bar[1:], strict=True))
+                    bar_msg = {"symbol": sym, "tf": tf, "ts": ts, **ohlcv}
+                    items.append((bar_ch, orjson.dumps(bar_msg), None))
         return [*hsets, *self.publisher.commands(items, validate=False)]
+
+    async def _refresh_interest(self) -> None:
+        """The market channels anyone wants, re-read at most once a second."""
+        if self.settings.channel_publish == "all":
+            return
+        now = time.monotonic()
+        if now - self._wanted_at >= _INTEREST_REFRESH_S:
+            self._wanted = await self.interest.wanted()
+            self._wanted_at = now
 
     def _packed_fields(self, names: list[str]) -> list[bytes]:
         key = tuple(names)

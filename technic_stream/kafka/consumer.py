@@ -134,6 +134,7 @@ class BatchConsumer(AsyncResource):
             max_poll_interval_ms=s.kafka_max_poll_interval_ms,
             max_partition_fetch_bytes=max(1_048_576, s.max_message_bytes + 4096),
             request_timeout_ms=s.kafka_request_timeout_ms,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
         try:

@@ -9,6 +9,7 @@ import pytest
 
 from technic_stream.redis import redis_client
 from technic_stream.redis.channels import ChannelPublisher
+from technic_stream.redis.interest import ChannelInterest
 
 
 @pytest.fixture
@@ -90,3 +91,13 @@ async def test_many_channels_in_one_pipeline(settings, redis):
         per_channel.setdefault(p.channel, []).append(p.offset)
     assert all(offs == [1, 2, 3, 4] for offs in per_channel.values()) and len(per_channel) == 50
     await asyncio.sleep(0)
+
+
+async def test_interest_lasts_until_its_latest_deadline_then_lapses(settings, redis):
+    interest = ChannelInterest(redis, settings.redis_prefix)
+    await interest.keep(["ind.1m.AAPL", "bars.1m.AAPL"], 600)
+    await interest.keep(["ind.1m.AAPL"], 0.2)  # a shorter deadline does not shorten it
+    await interest.keep(["ind.1m.MSFT"], 0.2)
+    assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL", "ind.1m.MSFT"}
+    await asyncio.sleep(0.4)
+    assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL"}

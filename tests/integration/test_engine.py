@@ -12,6 +12,7 @@ from technic_stream.messages import Alert, alert_id, decode
 from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate
 from technic_stream.redis.channels import ChannelPublisher
+from technic_stream.redis.interest import ChannelInterest
 from technic_stream.topics import topic_name
 from tests.integration.engine_helpers import (
     TF,
@@ -75,6 +76,13 @@ async def test_values_equal_the_batch_twin_and_rules_fire_where_the_reference_sa
     ]
     broken = orjson.loads(RULES[0].model_dump_json()) | {"rule_id": "broken", "expr": "sma(20 >"}
     await send_rules(settings, [*RULES, ("broken", orjson.dumps(broken))])
+    redis = redis_client(settings)
+    try:  # a dashboard watches S0 (as the gateway registers it); nobody watches S1
+        await ChannelInterest(redis, settings.redis_prefix).keep(
+            [f"ind.{TF}.S0", f"bars.{TF}.S0"], 600
+        )
+    finally:
+        await redis.aclose()
     n = await send_bars(settings, series, 0, 120, extra=bad)
     n += await send_bars(settings, series, 120, 240)
 
@@ -94,6 +102,8 @@ async def test_values_equal_the_batch_twin_and_rules_fire_where_the_reference_sa
                 np.testing.assert_array_equal(got[name], value, err_msg=f"{sym} {name}")
         pub = ChannelPublisher(redis, settings.redis_prefix)
         assert (await pub.position(f"ind.{TF}.S0"))[1] >= 1
+        assert await pub.position(f"ind.{TF}.S1") == ("", 0)  # unwatched: hash only
+        assert await pub.position(f"bars.{TF}.S1") == ("", 0)
         last_bar = orjson.loads((await pub.history(f"bars.{TF}.S0", 0, (await pub.position(
             f"bars.{TF}.S0"))[0])).entries[-1][1])  # fmt: skip
         assert last_bar["ts"] == series["S0"][0][-1]
