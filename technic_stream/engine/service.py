@@ -56,7 +56,7 @@ from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
 from technic_stream.redis.interest import ChannelInterest
-from technic_stream.redis.resp import execute, pack_args
+from technic_stream.redis.resp import Command, InlineHset, execute
 from technic_stream.topics import group_name, topic_name
 
 __all__ = ["ENGINE_GROUP", "EngineService", "engine_service"]
@@ -93,7 +93,6 @@ WARMUP_BARS = Counter("technic_engine_warmup_bars", "Bars replayed to warm new i
 SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this process")
 
 _FIELDS = ("open", "high", "low", "close", "volume")
-_HSET = b"$4\r\nHSET\r\n"
 _INTEREST_REFRESH_S = 1.0
 _STAGES = ("decode", "compute", "alerts", "write", "flush", "checkpoint")
 
@@ -154,7 +153,7 @@ class EngineService:
         self.bars_applied = 0
         self.alerts_sent = 0
         self.restored_from: dict[TopicPartition, int] = {}
-        self._fields: dict[tuple[str, ...], list[bytes]] = {}  # packed hash field names
+        self._hsets: dict[tuple[str, ...], InlineHset] = {}
 
     def _new_part(self) -> PartitionState:
         return PartitionState(self.base, self.settings.engine_history_bars)
@@ -348,7 +347,7 @@ class EngineService:
         anyone wants them (see :mod:`technic_stream.redis.interest`)."""
         prefix = self.settings.redis_prefix
         wanted = self._wanted
-        hsets: list[tuple[int, bytes]] = []
+        hsets: list[Command] = []
         items: list[tuple[str, bytes, str | None]] = []
         for (_p, tf), t in touched.items():
             if not t.rows:
@@ -356,19 +355,22 @@ class EngineService:
             rows = np.fromiter(sorted(t.rows), dtype=np.int64, count=len(t.rows))
             book = t.book
             names = book.output_names
-            fields = self._packed_fields(names)
-            argc = 2 + 2 * (1 + len(_FIELDS) + len(names))
-            latest = book.latest(rows).tolist()
+            hset = self._hset(names)
+            latest_arr = book.latest(rows)
+            infinite = set(np.flatnonzero(np.isinf(latest_arr).any(axis=1)).tolist())
+            latest = latest_arr.tolist()
             last = book.last_bar(rows).tolist()
-            for r, vals, bar in zip(rows.tolist(), latest, last, strict=True):
+            for i, (r, vals, bar) in enumerate(zip(rows.tolist(), latest, last, strict=True)):
                 sym = book.names[r]
                 ts = int(bar[0])
-                # HSET key ts <ts> open <o> ... <indicator> <value> ... (repr: exact floats)
-                values = pack_args([ts, *bar[1:], *vals])
-                hsets.append((argc, b"".join(
-                    [_HSET, *pack_args([f"{prefix}ind:{tf}:{sym}"]),
-                     *(x for pair in zip(fields, values, strict=True) for x in pair)]
-                )))  # fmt: skip
+                key, row = f"{prefix}ind:{tf}:{sym}", [ts, *bar[1:], *vals]
+                if i in infinite:  # orjson would write it as NaN: the general form
+                    fields = hset.fields
+                    hsets.append(
+                        ["HSET", key, *(x for p in zip(fields, row, strict=True) for x in p)]
+                    )
+                else:
+                    hsets.append(hset.command(key, row))
                 ind_ch, bar_ch = f"ind.{tf}.{sym}", f"bars.{tf}.{sym}"
                 if wanted is None or ind_ch in wanted:
                     values_by_name = dict(zip(names, vals, strict=True))
@@ -389,12 +391,13 @@ class EngineService:
             self._wanted = await self.interest.wanted()
             self._wanted_at = now
 
-    def _packed_fields(self, names: list[str]) -> list[bytes]:
+    def _hset(self, names: list[str]) -> InlineHset:
+        """The hash writer for a book's outputs (one per output set)."""
         key = tuple(names)
-        fields = self._fields.get(key)
-        if fields is None:
-            fields = self._fields[key] = pack_args(["ts", *_FIELDS, *names])
-        return fields
+        hset = self._hsets.get(key)
+        if hset is None:
+            hset = self._hsets[key] = InlineHset(["ts", *_FIELDS, *names])
+        return hset
 
     # Rules ------------------------------------------------------------------------
 

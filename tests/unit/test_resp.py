@@ -1,0 +1,40 @@
+"""The hand packer: inline HSET words read back as the very floats written."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from technic_stream.redis.resp import InlineHset, pack
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+@given(st.lists(st.floats(allow_infinity=False), min_size=1, max_size=30))
+def test_inline_words_round_trip_bit_exact(xs):
+    hset = InlineHset([f"f{i}" for i in range(len(xs) + 1)])
+    line = hset.command("technic:ind:1m:AAPL", [1767623400000, *xs])
+    assert isinstance(line, bytes) and line.endswith(b"\r\n")
+    words = line[:-2].split(b" ")
+    assert words[:2] == [b"HSET", b"technic:ind:1m:AAPL"]
+    assert words[2:4] == [b"f0", b"1767623400000"]
+    for x, word in zip(xs, words[5::2], strict=True):
+        back = float(word)
+        assert (math.isnan(x) and math.isnan(back)) or _bits(back) == _bits(x)
+
+
+def test_a_key_with_a_space_falls_back_to_resp_and_bad_field_names_are_refused():
+    hset = InlineHset(["ts", "close"])
+    cmd = hset.command("odd key", [1, 2.5])
+    want = b"*6\r\n$4\r\nHSET\r\n$7\r\nodd key\r\n$2\r\nts\r\n$1\r\n1\r\n"
+    assert pack([cmd]) == want + b"$5\r\nclose\r\n$3\r\n2.5\r\n"
+    with pytest.raises(ValueError):
+        InlineHset(["two words"])
+    with pytest.raises(ValueError):
+        hset.command("k", [1])
