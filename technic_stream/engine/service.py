@@ -77,6 +77,12 @@ STAGE_SECONDS = Counter(
     "write (Redis values and channels), flush (broker acks), checkpoint",
     ["stage"],
 )
+RECORD_AGE = Histogram(
+    "technic_engine_record_age_seconds",
+    "From a batch's oldest record's producer timestamp to its outputs being written, "
+    "per partition and batch (end-to-end freshness)",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+)
 LAG = Gauge("technic_engine_lag", "Records not yet processed, per partition", ["partition"])
 RULE_EVALS = Counter("technic_engine_rule_evaluations", "Rule evaluations (rules x bars)")
 ALERTS = Counter("technic_engine_alerts", "Alert candidates by gate outcome", ["outcome"])
@@ -208,6 +214,9 @@ class EngineService:
             t = time.perf_counter()
             await self.producer.flush()
             stages["flush"] += _lap(t)
+            done_ms = _wall_ms()
+            for records in batch.values():
+                RECORD_AGE.observe(max(0, done_ms - records[0].timestamp) / 1000)
             BATCH_SECONDS.observe(_lap(started))
             t = time.perf_counter()
             await self._checkpoint_due()
