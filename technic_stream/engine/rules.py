@@ -69,6 +69,15 @@ class TimeframeRules:
     columns: list[str]  # per input of the rule set
     lags: list[int]
     _reported: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict, repr=False)
+    on_close: np.ndarray = field(init=False, repr=False)  # per rule: once_per_bar_close
+    by_id: np.ndarray = field(init=False, repr=False)  # rule positions sorted by rule id
+
+    def __post_init__(self) -> None:
+        modes = [r.message.mode == "once_per_bar_close" for r in self.rules]
+        object.__setattr__(self, "on_close", np.array(modes, dtype=bool))
+        ids = [r.rule_id for r in self.rules]
+        object.__setattr__(self, "by_id", np.array(sorted(range(len(ids)), key=ids.__getitem__),
+                                                   dtype=np.int64))  # fmt: skip
 
     @property
     def specs(self) -> list[IndicatorSpec]:
@@ -195,16 +204,16 @@ def candidates(
     n = int(status.shape[0])
     if n == 0:
         return []
-    res = compiled.ruleset.evaluate_latest(values)
-    sym = np.asarray(symbols, dtype=object)
+    hit = compiled.ruleset.evaluate_latest(values).matches()
+    # once_per_bar_close rules see new bars only; the others every print of a bar
     printed = status != SKIPPED
-    closes = status == APPLIED
+    hit &= np.where(compiled.on_close[:, None], (status == APPLIED)[None, :], printed[None, :])
+    order = compiled.by_id  # rule positions in rule-id order
+    bars, ks = np.nonzero(hit[order].T)  # arrival order, then rule id
+    sym = np.asarray(symbols, dtype=object)
     out: list[Candidate] = []
-    for k, rule in enumerate(compiled.rules):
-        hit = res.match(k) & (closes if rule.message.mode == "once_per_bar_close" else printed)
-        scope = rule.symbols
-        for b in np.flatnonzero(hit).tolist():
-            if scope is None or sym[b] in scope:
-                out.append(Candidate(rule, b, int(seq[b])))
-    out.sort(key=lambda c: (c.bar, c.rule.rule_id))  # arrival order, then rule
+    for b, k in zip(bars.tolist(), order[ks].tolist(), strict=True):
+        rule = compiled.rules[k]
+        if rule.symbols is None or sym[b] in rule.symbols:
+            out.append(Candidate(rule, b, int(seq[b])))
     return out

@@ -216,6 +216,10 @@ class RuleResults:
     def match(self, rule: int) -> np.ndarray:
         return self.condition(rule) == 1.0
 
+    def matches(self) -> np.ndarray:
+        """``match`` of every rule at once: bool, (rules, symbols or bars)."""
+        return self._values[self._where] == 1.0
+
     def ready(self, rule: int) -> np.ndarray:
         return ~np.isnan(self.condition(rule))
 
