@@ -9,8 +9,9 @@ bars of the synthetic market, seeded), and runs as its own process:
 
 - **ours**: ``technic-stream engine`` with the default indicator set and ten live alert
   rules (crossings and events, ``once_per_bar_close``, unthrottled; ``RULES``), writing
-  every symbol's values to Redis and the ``ind.*``/``bars.*`` channels and its alerts to
-  ``alerts.fired``; once with one JSON bar per message, once with ``BarBatch`` messages.
+  every symbol's values to its Redis hash and its alerts to ``alerts.fired`` and the
+  owner's channel (no client subscribes, so no ``ind.*``/``bars.*`` channel is
+  published); once with one JSON bar per message, once with ``BarBatch`` messages.
 - **peer**: ``bench/quix_peer.py``, a Quix Streams application computing the same
   indicator set with talipp (``--peer-set ema_rsi``: EMA 21 and RSI 14 only) and emitting
   an alert message for two of the rules.
