@@ -30,7 +30,7 @@ import orjson
 from technic_stream.config import Settings
 from technic_stream.indicators.plan import IndicatorPlan
 from technic_stream.indicators.registry import IndicatorSpec, parse_indicators
-from technic_stream.indicators.state import IndicatorState, StateVersionError, grown
+from technic_stream.indicators.state import IndicatorState, StateVersionError, doubled, grown
 from technic_stream.kernels.book import history_bars_nb, record_nb, relag_nb
 from technic_stream.rules.ast import FIELDS
 
@@ -118,11 +118,9 @@ class Book:
         return int(self.hcount.shape[0])
 
     def _grow(self, needed: int) -> None:
-        cap = self.capacity
-        if needed <= cap:
+        cap = doubled(self.capacity, needed)
+        if cap == self.capacity:
             return
-        while cap < needed:
-            cap *= 2
         n = len(self.names)
         self.hist = grown(self.hist, cap, n)
         self.hcount = grown(self.hcount, cap, n)

@@ -13,7 +13,7 @@ from technic_stream.errors import TechnicStreamError
 from technic_stream.indicators.plan import IndicatorPlan
 from technic_stream.kernels.stream import apply_bars_nb
 
-__all__ = ["BatchResult", "IndicatorState", "StateVersionError", "grown"]
+__all__ = ["BatchResult", "IndicatorState", "StateVersionError", "doubled", "grown"]
 
 _MAGIC = b"TSIS"
 _FORMAT = 1
@@ -33,6 +33,13 @@ class BatchResult:
     applied: int
     corrected: int
     skipped: int
+
+
+def doubled(capacity: int, needed: int) -> int:
+    """``capacity`` doubled until it holds ``needed`` rows."""
+    while capacity < needed:
+        capacity *= 2
+    return capacity
 
 
 def grown(a: np.ndarray, cap: int, n: int, fill: float = 0.0) -> np.ndarray:
@@ -69,9 +76,7 @@ class IndicatorState:
         return int(self.state.shape[0])
 
     def _grow(self, needed: int) -> None:
-        cap = self.capacity
-        while cap < needed:
-            cap *= 2
+        cap = doubled(self.capacity, needed)
         if cap == self.capacity:
             return
         n = len(self._names)
