@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -149,8 +148,7 @@ return {st[1] or status, st[2] or ''}
 """
 
 
-@dataclass(frozen=True, slots=True)
-class GateRequest:
+class GateRequest(NamedTuple):  # (a tuple: one is made per candidate)
     rule_id: str
     version: int  # the rule's ts
     mode: str
@@ -164,13 +162,15 @@ class GateRequest:
     data: bytes | None = None  # the alert as JSON, appended when it fires
 
 
-@dataclass(frozen=True, slots=True)
-class GateVerdict:
+class GateVerdict(NamedTuple):  # (a tuple: one is made per candidate)
     fire: bool
     status: str  # the rule's status after this decision
     reason: str
     changed: bool  # this decision changed the rule's status
     replayed: bool  # decided before (a replay): the recorded decision
+
+
+_UNDECIDED = GateVerdict(False, "", "", False, False)
 
 
 class AlertGate:
@@ -238,13 +238,12 @@ class AlertGate:
     def verdicts(
         self, n: int, groups: Sequence[Sequence[int]], replies: Sequence[Any]
     ) -> list[GateVerdict]:
-        out: list[GateVerdict | None] = [None] * n
+        out: list[GateVerdict] = [_UNDECIDED] * n
         for idx, (verdicts, status, reason, changed_at) in zip(groups, replies, strict=True):
-            st, rs, flags = _s(status), _s(reason), _s(verdicts)
-            for k, i in enumerate(idx):
-                f = flags[k]
-                out[i] = GateVerdict(f in "1R", st, rs, k + 1 == int(changed_at), f in "Rr")
-        return [v for v in out if v is not None]
+            st, rs, flags, changed = _s(status), _s(reason), _s(verdicts), int(changed_at)
+            for k, (i, f) in enumerate(zip(idx, flags, strict=True)):
+                out[i] = GateVerdict(f in "1R", st, rs, k + 1 == changed, f in "Rr")
+        return out
 
     async def arm(
         self, rule_id: str, version: int, status: str = "active", reason: str = ""
