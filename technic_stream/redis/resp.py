@@ -66,11 +66,12 @@ def pack(commands: Iterable[Command]) -> bytes:
 
 class InlineHset:
     """``HSET key f1 v1 f2 v2 ...`` for one fixed field set, in Redis's inline command
-    form (space-separated words; Redis takes it anywhere a RESP command may stand, up to
-    64 KB a line). Numbers are formatted by orjson in one call — the shortest text that
-    reads back as the same float, as ``repr`` gives — which costs a fifth of formatting
-    them one by one. Not-a-number is written ``nan``; callers send rows holding an
-    infinity through :func:`pack` instead (orjson cannot tell it from NaN)."""
+    form: space-separated words, which Redis takes anywhere a RESP command may stand.
+    Keys and names with blanks or quotes, and lines over 60 KB, use the RESP form.
+    Numbers are formatted by orjson in one call — the shortest text that reads back as
+    the same float, as ``repr`` gives — which costs a fifth of formatting them one by
+    one. Not-a-number is written ``nan``; callers send rows holding an infinity through
+    :meth:`general` instead (orjson cannot tell it from NaN)."""
 
     def __init__(self, fields: Sequence[str]) -> None:
         if any(not f or _WS.search(f) for f in fields):
@@ -84,14 +85,17 @@ class InlineHset:
         if not key or _WS.search(key):  # not a word: the general form
             return self.general(key, values)
         words = orjson.dumps(values).replace(b"null", b"nan")[1:-1].split(b",")
-        return self._fmt % (key.encode(), *words)
+        line = self._fmt % (key.encode(), *words)
+        return line if len(line) <= _INLINE_MAX else self.general(key, values)
 
     def general(self, key: str, values: Sequence[float | int]) -> Command:
         """The same command as RESP arguments (numbers as ``repr``: ``inf`` stays inf)."""
         return ["HSET", key, *(x for pair in zip(self.fields, values, strict=True) for x in pair)]
 
 
-_WS = re.compile(r"\s")
+# Redis splits inline commands on blanks and honours quotes; it refuses lines over 64 KB
+_WS = re.compile(r"[\s\"']")
+_INLINE_MAX = 60_000
 
 
 class Script:

@@ -38,3 +38,11 @@ def test_a_key_with_a_space_falls_back_to_resp_and_bad_field_names_are_refused()
         InlineHset(["two words"])
     with pytest.raises(ValueError):
         hset.command("k", [1])
+
+
+def test_quotes_and_very_long_lines_use_the_resp_form():
+    hset = InlineHset(["ts", "close"])
+    assert isinstance(hset.command('it"s', [1, 2.5]), list)
+    wide = InlineHset([f"field_{i:05d}" for i in range(4_000)])
+    assert isinstance(wide.command("k", [1.0] * 4_000), list)  # > 60 KB inline
+    assert isinstance(InlineHset(["a"]).command("k", [1.0]), bytes)
