@@ -154,6 +154,24 @@ def _parser() -> argparse.ArgumentParser:
         "from TECHNIC_ALPACA_URL (v2/iex or v2/sip). Reconnects with backoff on its own.",
     )
 
+    sub.add_parser(
+        "gateway",
+        help="run the gateway: WebSocket fan-out (/v1/ws), REST API (/v1), auth and limits",
+        description="Listens on TECHNIC_GATEWAY_HOST:TECHNIC_GATEWAY_PORT. Set "
+        "TECHNIC_GATEWAY_JWT_SECRET when several gateways serve the same clients.",
+    )
+
+    keys = sub.add_parser("keys", help="API keys (stored hashed in MongoDB)")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create a key and print it (shown only this once)")
+    kc.add_argument("--owner", required=True, help="the user the key acts for")
+    kc.add_argument("--admin", action="store_true", help="may read every owner's channels")
+    kc.add_argument("--name", help="a note to recognise the key by")
+    kl = ksub.add_parser("list", help="list keys (never their secrets)")
+    kl.add_argument("--owner")
+    kr = ksub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("key_id")
+
     sub.add_parser("config", help="print the effective configuration (secrets redacted)")
     return p
 
@@ -337,6 +355,41 @@ def _cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from technic_stream.gateway.auth import ApiKeys
+    from technic_stream.storage import mongo_client
+
+    if not settings.mongo_url:
+        raise ConfigError("TECHNIC_MONGO_URL: required to store keys")
+
+    async def run() -> int:
+        mongo = mongo_client(settings)
+        try:
+            keys = ApiKeys(mongo[settings.mongo_db])
+            if args.action == "create":
+                scopes = ("admin",) if args.admin else ()
+                new = await keys.create(args.owner, scopes=scopes, name=args.name)
+                print(new.key)
+                print(f"key id {new.key_id}, owner {new.owner}; store the key now, it is "
+                      "not shown again", file=sys.stderr)  # fmt: skip
+            elif args.action == "list":
+                for doc in await keys.list(args.owner):
+                    state = "revoked" if doc.get("revoked") else "active"
+                    scope_text = ",".join(doc.get("scopes") or []) or "-"
+                    name = doc.get("name") or ""
+                    print(f"{doc['_id']}  {doc['owner']:<20} {state:<8} {scope_text:<6} {name}")
+            elif not await keys.revoke(args.key_id):
+                print(f"technic-stream: no key {args.key_id}", file=sys.stderr)
+                return 1
+            return 0
+        finally:
+            await mongo.close()
+
+    return asyncio.run(run())
+
+
 def _cmd_config(settings: Settings) -> int:
     from urllib.parse import urlsplit
 
@@ -371,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(settings, args)
         if args.command == "backfill":
             return _cmd_backfill(settings, args)
-        if args.command in ("archiver", "bars", "engine", "feed"):
+        if args.command == "keys":
+            return _cmd_keys(settings, args)
+        if args.command in ("archiver", "bars", "engine", "feed", "gateway"):
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

@@ -79,6 +79,44 @@ class Settings(BaseSettings):
     # The gateway's public HTTP/WebSocket address.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)
+    gateway_jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 secret that signs and checks tokens; unset: a random one per "
+        "process (set it when several gateways share clients)",
+    )
+    gateway_jwt_public_key: str | None = Field(
+        default=None, description="PEM public key: also accept RS256 tokens from your issuer"
+    )
+    gateway_jwt_issuer: str = Field(default="technic-stream", description="iss and aud of tokens")
+    gateway_token_ttl_s: int = Field(default=900, ge=10, le=86_400)
+    gateway_queue_max: int = Field(
+        default=1_000, ge=8, le=1_000_000, description="messages queued per connection"
+    )
+    gateway_coalesce_max: int = Field(
+        default=32, ge=1, le=1_000, description="messages joined into one WebSocket frame"
+    )
+    gateway_max_subscriptions: int = Field(default=200, ge=1, le=100_000)
+    gateway_max_connections_per_key: int = Field(default=100, ge=1, le=1_000_000)
+    gateway_max_frame_bytes: int = Field(
+        default=65_536, ge=256, le=16_777_216, description="largest client WebSocket frame"
+    )
+    gateway_max_request_bytes: int = Field(default=1_048_576, ge=1_024, le=67_108_864)
+    gateway_rest_rate: float = Field(
+        default=100.0, gt=0, description="REST requests/s per key (token bucket, shared)"
+    )
+    gateway_rest_burst: int = Field(default=200, ge=1)
+    gateway_subscribe_rate: float = Field(default=50.0, gt=0, description="subscribes/s per key")
+    gateway_subscribe_burst: int = Field(default=200, ge=1)
+    gateway_ping_interval_s: float = Field(default=25.0, gt=0, le=3_600)
+    gateway_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="close a connection without subscriptions after this"
+    )
+    gateway_connect_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="time to authenticate after the upgrade"
+    )
+    gateway_pubsub_silence_s: float = Field(
+        default=15.0, gt=0, description="readiness fails when pub/sub is silent this long"
+    )
 
     # Operations side port (/healthz, /readyz, /metrics); 0 picks a free port.
     ops_host: str = "127.0.0.1"

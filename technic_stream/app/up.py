@@ -12,14 +12,18 @@ import contextlib
 import logging
 import sys
 from contextlib import AsyncExitStack
-from typing import TextIO
+from secrets import token_hex
+from typing import Any, TextIO
+
+from pydantic import SecretStr
+from pymongo import AsyncMongoClient
 
 from technic_stream.app.ops import OpsServer, ReadinessCheck
 from technic_stream.app.runtime import install_stop_signals
 from technic_stream.app.service import ServiceMain
 from technic_stream.config import Settings
 from technic_stream.kafka import ensure_topics
-from technic_stream.local import LocalStack
+from technic_stream.local import LocalStack, free_port
 from technic_stream.local.servers import kafka_answers
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 def _services() -> list[tuple[str, ServiceMain]]:
     """Every service, in start order: (name, main(settings, stop, ops))."""
     from technic_stream.engine.service import engine_service
+    from technic_stream.gateway.service import gateway_service
     from technic_stream.marketdata.alpaca import alpaca_service
     from technic_stream.marketdata.archiver import archiver_service
     from technic_stream.marketdata.bar_service import bar_service
@@ -40,6 +45,7 @@ def _services() -> list[tuple[str, ServiceMain]]:
         ("bars", bar_service),
         ("engine", engine_service),
         ("archiver", archiver_service),
+        ("gateway", gateway_service),
         ("feed", alpaca_service),
     ]
 
@@ -129,6 +135,10 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool =
     stack = LocalStack(settings)
     try:
         live = await asyncio.to_thread(stack.start)
+        if live.gateway_port == 0:  # pick it now, so the summary can print the URL
+            live = live.model_copy(update={"gateway_port": free_port()})
+        if live.gateway_jwt_secret is None:  # one secret for this run's tokens
+            live = live.model_copy(update={"gateway_jwt_secret": SecretStr(token_hex(32))})
         topics = await ensure_topics(live)
         async with AsyncExitStack() as exits:
             redis = redis_client(live)
@@ -156,7 +166,8 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool =
             }
             for task in tasks.values():
                 task.add_done_callback(_report_exit)
-            _print_summary(out, stack, topics, ops.url, list(tasks))
+            demo_key = await _demo_key(live, mongo) if replay else None
+            _print_summary(out, stack, topics, ops.url, list(tasks), live, demo_key)
             if replay:
                 tasks["demo-data"] = asyncio.create_task(_demo_data(live, out), name="demo-data")
             await stop.wait()
@@ -179,14 +190,38 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool =
     return 0
 
 
+async def _demo_key(settings: Settings, mongo: AsyncMongoClient[Any]) -> str | None:
+    """An API key for the demo user, so the dashboard and the examples work at once."""
+    from technic_stream.gateway.auth import ApiKeys
+
+    try:
+        new = await ApiKeys(mongo[settings.mongo_db]).create("demo", name="made by up")
+    except Exception as exc:  # the demo goes on; keys can be made with 'keys create'
+        log.warning("could not create the demo API key", extra={"error": repr(exc)})
+        return None
+    return new.key
+
+
 def _print_summary(
-    out: TextIO, stack: LocalStack, topics: list[str], ops_url: str, services: list[str]
+    out: TextIO,
+    stack: LocalStack,
+    topics: list[str],
+    ops_url: str,
+    services: list[str],
+    settings: Settings,
+    demo_key: str | None,
 ) -> None:
     lines = ["technic-stream is up", ""]
     for ep in stack.endpoints:
         origin = f"started here, pid {ep.pid}" if ep.started_here else "external, configured"
         lines.append(f"  {ep.name:<8} {ep.address:<28} ({origin})")
     lines.append(f"  {'ops':<8} {ops_url:<28} (/healthz /readyz /metrics)")
+    if "gateway" in services:
+        gw = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        lines.append(f"  {'gateway':<8} {gw:<28} (REST /v1, WebSocket /v1/ws, /v1/openapi.json)")
+    if demo_key:
+        lines.append("")
+        lines.append(f"  demo API key (owner demo): {demo_key}")
     lines.append("")
     lines.append(f"  topics   {len(topics)}: {', '.join(topics)}")
     lines.append(f"  services {', '.join(services) if services else '-'}")

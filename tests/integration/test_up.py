@@ -17,7 +17,10 @@ from tests.conftest import ROOT
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
-    env.update({"TECHNIC_OPS_PORT": "0", "TECHNIC_LOG_FORMAT": "console", **extra})
+    env.update(
+        {"TECHNIC_OPS_PORT": "0", "TECHNIC_GATEWAY_PORT": "0", "TECHNIC_LOG_FORMAT": "console",
+         **extra}
+    )  # fmt: skip
     return env
 
 
@@ -99,9 +102,10 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
         assert "technic.md.bars" in text and "topics   10" in text
         body = await _ready(text)
         assert body["checks"] == dict.fromkeys(
-            ("kafka", "redis", "mongo", "bars", "engine", "archiver", "archiver-mongo"), "ok"
+            ("kafka", "redis", "mongo", "bars", "engine", "archiver", "archiver-mongo", "gateway"),
+            "ok",
         )
-        assert "services bars, engine, archiver" in text
+        assert "services bars, engine, archiver, gateway" in text
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -1,0 +1,1 @@
+"""The gateway: WebSocket fan-out with recovery, the REST API, auth and limits."""

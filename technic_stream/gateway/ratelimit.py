@@ -1,0 +1,68 @@
+"""Token buckets in Redis, so a limit holds across every gateway process.
+
+One Lua call per decision: refill the bucket by the time elapsed on Redis's own clock
+(so processes with skewed clocks agree), take ``cost`` tokens if there are enough, and
+say how long until there would be. Key: ``{prefix}rl:{limit}:{subject}`` (a hash that
+expires once the bucket would be full again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from technic_stream.gateway import metrics as m
+from technic_stream.redis.resp import Script, execute
+
+__all__ = ["Decision", "RateLimiter"]
+
+_BUCKET = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local st = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(st[1]) or burst
+local ts = tonumber(st[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local allowed, retry_ms = 0, 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  retry_ms = math.ceil((cost - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, retry_ms, math.floor(tokens)}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after_s: float
+    remaining: int
+
+
+class RateLimiter:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, name: str, *, rate: float, burst: int
+    ) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}rl:{name}:"
+        self.name = name
+        self.rate = rate
+        self.burst = burst
+        self._script = Script(_BUCKET)
+
+    async def take(self, subject: str, cost: int = 1) -> Decision:
+        (reply,) = await execute(
+            self._redis,
+            [self._script.call([self._prefix + subject], [self.rate, self.burst, cost])],
+            scripts=(self._script,),
+        )
+        allowed, retry_ms, remaining = (int(x) for x in reply)
+        if not allowed:
+            m.RATE_LIMITED.labels(self.name).inc()
+        return Decision(bool(allowed), retry_ms / 1000, remaining)
