@@ -597,7 +597,8 @@ def openapi() -> dict[str, Any]:
         op: dict[str, Any] = {"summary": summary, "operationId": handler.__name__}
         params = [
             {"name": p, "in": "path", "required": True,
-             "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+             "schema": {"type": "string", "enum": list(_TF_VALUES)} if p == "tf" else
+             {"type": "string", "minLength": 1, "maxLength": 64}}
             for p in _path_params(path)
         ]  # fmt: skip
         if handler is symbols:

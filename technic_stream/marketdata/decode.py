@@ -141,9 +141,7 @@ def _column(values: list[Any], name: str, *, integer: bool) -> tuple[np.ndarray 
     kind = arr.dtype.kind
     # NumPy turns a boolean among numbers into 1/0; the models refuse it. count() is a
     # C loop (it also matches 1 and 0, so the exact check runs only when it hits).
-    if (values.count(True) or values.count(False)) and any(
-        x.__class__ is bool for x in values
-    ):
+    if (values.count(True) or values.count(False)) and any(x.__class__ is bool for x in values):
         return None, f"{name}: must be numbers, not booleans"
     if integer:
         if kind != "i":

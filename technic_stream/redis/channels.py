@@ -178,8 +178,7 @@ class ChannelPublisher:
         """The script calls that publish ``items`` (to send with other commands in one
         :func:`~technic_stream.redis.resp.execute`; read the replies with :meth:`results`)."""
         if validate:
-            for _, data, _ in items:
-                _check_json(data)
+            items = [(ch, _check_json(data), idem) for ch, data, idem in items]
         calls = []
         for lo in range(0, len(items), _CHUNK):
             keys: list[Arg] = []
@@ -235,9 +234,11 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _check_json(data: bytes) -> None:
-    """Data goes into the envelope verbatim, so it must be one JSON document."""
+def _check_json(data: bytes) -> bytes:
+    """Data goes into the envelope verbatim, so it must be one JSON document — and on one
+    line: the gateway joins several messages into one frame with newlines."""
     try:
-        orjson.loads(data)
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"channel data must be JSON: {exc}") from None
+    return orjson.dumps(doc) if b"\n" in data or b"\r" in data else data

@@ -101,3 +101,11 @@ async def test_interest_lasts_until_its_latest_deadline_then_lapses(settings, re
     assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL", "ind.1m.MSFT"}
     await asyncio.sleep(0.4)
     assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL"}
+
+
+async def test_multi_line_json_is_stored_on_one_line(settings, redis):
+    """The gateway joins messages into one frame with newlines, so data must not hold any."""
+    pub = ChannelPublisher(redis, settings.redis_prefix)
+    await pub.publish("alerts.alice", b'{\n  "a": 1,\r\n  "b": "x"\n}')
+    hist = await pub.history("alerts.alice", 0, (await pub.position("alerts.alice"))[0])
+    assert hist.entries == [(1, b'{"a":1,"b":"x"}')]
