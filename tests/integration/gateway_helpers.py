@@ -138,6 +138,9 @@ class WsClient:
         async with asyncio.timeout(within):
             while True:
                 msg = await self.ws.receive()
+                if msg.type == aiohttp.WSMsgType.CLOSE:
+                    return int(msg.data)  # the server's code (close_code may be 1006 if
+                    # the server was gone before our close reply)
                 if msg.type in (
                     aiohttp.WSMsgType.CLOSE,
                     aiohttp.WSMsgType.CLOSED,

@@ -212,7 +212,7 @@ async def test_rest_rate_limit_holds_across_two_gateways(settings):
             assert r.status == 200
 
 
-async def test_schemathesis_finds_no_server_error_or_schema_violation(settings):
+async def test_schemathesis_finds_no_server_error_or_schema_violation(settings, tmp_path):
     """Contract test from the served OpenAPI document (schemathesis as a separate process)."""
     async with running_gateway(settings, gateway_rest_burst=1_000_000) as gw:
         env = dict(os.environ)
@@ -226,6 +226,7 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(settings):
             "--workers", "1", "--no-color", "--suppress-health-check", "all",
             "--generation-deterministic",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            cwd=tmp_path,
         )  # fmt: skip
         out, _ = await asyncio.wait_for(proc.communicate(), 240)
     text = out.decode(errors="replace")

@@ -10,6 +10,7 @@ import orjson
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 from tests.integration.gateway_helpers import (
+    WsClient,
     channel_publisher,
     running_gateway,
     ws_client,
@@ -303,3 +304,61 @@ async def test_subscribe_rate_limit_holds_across_two_gateways(settings):
             assert err["retry_after_s"] > 1
             err = await a.subscribe("ind.1m.A9")
             assert (err["type"], err["code"]) == ("error", 4429), err
+
+
+async def test_market_subscriptions_register_interest_for_the_engine(settings):
+    from technic_stream.redis.interest import ChannelInterest
+
+    redis = redis_client(settings)
+    interest = ChannelInterest(redis, settings.redis_prefix)
+    try:
+        async with running_gateway(settings) as gw, aiohttp.ClientSession() as http:
+            async with ws_client(http, gw.ws_url, gw.token("alice")) as c:
+                await c.subscribe("ind.1m.AAPL")
+                await c.subscribe("alerts.alice")
+                for _ in range(50):
+                    if "ind.1m.AAPL" in await interest.wanted():
+                        break
+                    await asyncio.sleep(0.02)
+                assert await interest.wanted() == {"ind.1m.AAPL"}
+                score = await redis.zscore(interest.key, "ind.1m.AAPL")
+            await asyncio.sleep(0.1)
+            # after the last unsubscribe it stays wanted for the history's age
+            later = await redis.zscore(interest.key, "ind.1m.AAPL")
+            assert later - score > (settings.channel_history_ttl_s - 120) * 1000
+    finally:
+        await redis.aclose()
+
+
+async def test_shutdown_closes_clients_with_going_away_and_readiness_follows_pubsub(settings):
+    async with aiohttp.ClientSession() as http:
+        async with running_gateway(settings) as gw, channel_publisher(settings) as pub:
+            await gw.gw.ready()
+            redis = redis_client(settings)
+            try:
+                await redis.client_kill_filter(_type="pubsub")
+            finally:
+                await redis.aclose()
+            down = False
+            for _ in range(100):
+                try:
+                    await gw.gw.ready()
+                except ConnectionError:
+                    down = True
+                else:
+                    if down:
+                        break
+                await asyncio.sleep(0.01)
+            assert down  # red while reconnecting, then green again
+            await gw.gw.ready()
+            ws = await http.ws_connect(
+                gw.ws_url, headers={"Authorization": f"Bearer {gw.token('a')}"}
+            )
+            c = WsClient(ws)
+            assert (await c.recv())["type"] == "connected"
+            await c.subscribe("alerts.a")
+            await pub.publish("alerts.a", _data(1))
+            assert (await _pubs(c, 1, "alerts.a"))[0]["offset"] == 1
+        # the gateway has stopped: its clients were closed with 1001 GOING_AWAY
+        assert await c.closed() == 1001
+        await ws.close()
