@@ -156,6 +156,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             problem.headers["Allow"] = exc.headers.get("Allow", "")
         return problem.response()
     except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # the socket speaks WebSocket now: no HTTP response may follow
         request.app.logger.exception("request failed", extra={"route": name})
         return Problem(500, "Internal Server Error").response()
     finally:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
+from redis.exceptions import RedisError
 
 from technic_stream.gateway import metrics as m
 from technic_stream.gateway.access import POLICIES, AccessDenied
@@ -95,6 +96,9 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     gw.connection_opened(who.key_id, session)
     try:
         await session.run()
+    except Exception:  # a bug must not leave the socket half-open (or write HTTP into it)
+        log.exception("websocket session failed", extra={"owner": who.owner})
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
     finally:
         gw.connection_closed(who.key_id, session)
         await session.client.aclose()
@@ -258,7 +262,10 @@ class _Session:
                 4413, f"at most {gw.settings.gateway_max_subscriptions} subscriptions",
                 channel=info.name,
             )  # fmt: skip
-        decision = await gw.subscribe_limit.take(self.who.key_id)
+        try:
+            decision = await gw.subscribe_limit.take(self.who.key_id)
+        except (RedisError, OSError) as exc:
+            raise _Bad(4503, f"cannot check the rate limit now: {exc}") from None
         if not decision.allowed:
             raise _Bad(
                 4429, "subscribe rate limit", channel=info.name,
@@ -276,15 +283,20 @@ class _Session:
             return
         reply: dict[str, Any] = {"type": "subscribed", "channel": info.name, "policy": sub.policy}
         frames: list[bytes] = []
-        if since is not None:
-            hist = await gw.publisher.history(info.name, since["offset"], since["epoch"])
-            epoch, offset = hist.epoch, hist.offset
-            reply["recovered"] = hist.complete
-            m.RECOVERIES.labels(str(hist.complete).lower()).inc()
-            if hist.complete:
-                frames = [pub_frame(info.name, o, epoch, d) for o, d in hist.entries]
-        else:
-            epoch, offset = await gw.publisher.position(info.name)
+        try:
+            if since is not None:
+                hist = await gw.publisher.history(info.name, since["offset"], since["epoch"])
+                epoch, offset = hist.epoch, hist.offset
+                reply["recovered"] = hist.complete
+                m.RECOVERIES.labels(str(hist.complete).lower()).inc()
+                if hist.complete:
+                    frames = [pub_frame(info.name, o, epoch, d) for o, d in hist.entries]
+            else:
+                epoch, offset = await gw.publisher.position(info.name)
+        except (RedisError, OSError) as exc:
+            client.drop(sub)
+            raise _Bad(4503, f"cannot read the channel's position now: {exc}",
+                       channel=info.name) from None  # fmt: skip
         if sub.closed:
             return
         reply.update(epoch=epoch, offset=offset)

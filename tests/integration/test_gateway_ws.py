@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import orjson
@@ -362,3 +363,25 @@ async def test_shutdown_closes_clients_with_going_away_and_readiness_follows_pub
         # the gateway has stopped: its clients were closed with 1001 GOING_AWAY
         assert await c.closed() == 1001
         await ws.close()
+
+
+async def test_a_burst_of_clients_on_one_channel_all_subscribe_and_receive(settings):
+    """200 clients subscribing at once (more than the Redis pool's connections) all get
+    their reply and the next message; none sees a broken frame."""
+    n = 200
+    async with (
+        running_gateway(settings, gateway_max_connections_per_key=1_000,
+                        gateway_subscribe_burst=1_000) as gw,
+        channel_publisher(settings) as pub,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):  # fmt: skip
+        token = gw.token("alice")
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await asyncio.gather(
+                *(stack.enter_async_context(ws_client(http, gw.ws_url, token)) for _ in range(n))
+            )
+            replies = await asyncio.gather(*(c.subscribe("ind.1m.BURST") for c in clients))
+            assert [r["type"] for r in replies] == ["subscribed"] * n
+            await pub.publish("ind.1m.BURST", _data(1))
+            got = await asyncio.gather(*(_pubs(c, 1, "ind.1m.BURST") for c in clients))
+            assert all(g[0]["data"] == {"i": 1} for g in got)
