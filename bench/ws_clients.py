@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover
 class Stats:
     def __init__(self) -> None:
         self.lat: dict[int, list[float]] = defaultdict(list)
+        self.arrivals: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self.lagged = 0
         self.ended = 0
         self.errors: list[str] = []
@@ -41,7 +42,9 @@ class Stats:
         if "end" in data:
             self.ended += 1
             return True
-        self.lat[int(data["s"])].append(now - data["t"])
+        step = int(data["s"])
+        self.lat[step].append(now - data["t"])
+        self.arrivals[step][int(now * 100)] += 1  # 10 ms bins of arrival time
         return False
 
 
@@ -149,6 +152,7 @@ async def main() -> None:
         out["steps"][str(step)] = {
             "count": len(lat), "p50": float(np.percentile(ms, 50)),
             "p99": float(np.percentile(ms, 99)), "max": float(ms.max()),
+            "arrivals": {str(k): v for k, v in stats.arrivals[step].items()},
         }  # fmt: skip
     Path(args.out).write_bytes(orjson.dumps(out))  # noqa: ASYNC240 (once, at the end)
 

@@ -131,12 +131,13 @@ class Client:
         self._queue: collections.deque[tuple[Subscription | None, bytes] | Subscription] = (
             collections.deque()
         )
-        self._wake = asyncio.Event()
         self.subs: dict[str, Subscription] = {}
         self._lagged: dict[str, int] = {}
         self._on_unsubscribed = on_unsubscribed
         self.killed: tuple[int, str] | None = None
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        # a writer task exists only while there is something to write (an idle connection
+        # holds no task: memory per connection is what the issue bounds)
+        self._writer: asyncio.Task[None] | None = None
 
     # -- queueing --------------------------------------------------------------------------
 
@@ -146,7 +147,8 @@ class Client:
         if sub.policy == "conflate":
             if sub.pending is None:
                 self._queue.append(sub)
-                self._wake.set()
+                if self._writer is None:
+                    self._kick()
             else:
                 m.DROPS.labels("conflated").inc()
             sub.pending = frame
@@ -167,18 +169,21 @@ class Client:
             else:
                 return  # nothing of this channel queued: the new message is the one dropped
         self._queue.append((sub, frame))
-        self._wake.set()
+        if self._writer is None:
+            self._kick()
 
     def reply(self, doc: dict[str, Any]) -> None:
         """A control frame (replies, notices): queued in order, never dropped."""
         if self.killed is None:
             self._queue.append((None, orjson.dumps(doc)))
-            self._wake.set()
+            if self._writer is None:
+                self._kick()
 
     def reply_frames(self, frames: list[bytes]) -> None:
         if self.killed is None:
             self._queue.extend((None, f) for f in frames)
-            self._wake.set()
+            if self._writer is None:
+                self._kick()
 
     def end(self, sub: Subscription, reason: str) -> None:
         """Stop ``sub`` because its stream cannot continue gaplessly; the client resubscribes."""
@@ -212,66 +217,72 @@ class Client:
             return
         self.killed = (code, reason)
         self._queue.clear()
-        self._wake.set()
+        if self._writer is None:
+            self._kick()
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
+    def _kick(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        """Drain the queue (several messages per frame), then end; or close if killed."""
         queue = self._queue
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self.killed is not None:
-                    break
-                m.QUEUE_DEPTH.observe(len(queue))
-                while queue and self.killed is None:
-                    batch: list[bytes] = []
-                    if self._lagged:
-                        lagged, self._lagged = self._lagged, {}
-                        batch += [
-                            orjson.dumps({"type": "lagged", "channel": ch, "dropped": n})
-                            for ch, n in lagged.items()
-                        ]
-                    delivered = 0
-                    while queue and len(batch) < self._coalesce:
-                        item = queue.popleft()
-                        if type(item) is tuple:
-                            sub, frame = item
-                            if sub is not None:
-                                if sub.closed:
-                                    continue
-                                delivered += 1
-                            batch.append(frame)
-                        else:
-                            sub = item  # type: ignore[assignment]
-                            assert sub is not None
-                            frame_or_none = sub.pending
-                            sub.pending = None
-                            if sub.closed or frame_or_none is None:
+            m.QUEUE_DEPTH.observe(len(queue))
+            while queue and self.killed is None:
+                batch: list[bytes] = []
+                if self._lagged:
+                    lagged, self._lagged = self._lagged, {}
+                    batch += [
+                        orjson.dumps({"type": "lagged", "channel": ch, "dropped": n})
+                        for ch, n in lagged.items()
+                    ]
+                delivered = 0
+                while queue and len(batch) < self._coalesce:
+                    item = queue.popleft()
+                    if type(item) is tuple:
+                        sub, frame = item
+                        if sub is not None:
+                            if sub.closed:
                                 continue
                             delivered += 1
-                            batch.append(frame_or_none)
-                    if batch:
-                        await self._send(b"\n".join(batch))
-                        m.WRITES.inc()
-                        m.DELIVERIES.inc(delivered)
+                        batch.append(frame)
+                    else:
+                        sub = item  # type: ignore[assignment]
+                        assert sub is not None
+                        latest = sub.pending
+                        sub.pending = None
+                        if sub.closed or latest is None:
+                            continue
+                        delivered += 1
+                        batch.append(latest)
+                if batch:
+                    await self._send(b"\n".join(batch))
+                    m.WRITES.inc()
+                    m.DELIVERIES.inc(delivered)
             if self.killed is not None:
-                code, reason = self.killed
-                await self._close(code, reason)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+                await self._close(*self.killed)
+        except (ConnectionError, RuntimeError):
             pass  # the socket went away; the handler notices and cleans up
+        finally:
+            self._writer = None
+
+    async def finished(self) -> None:
+        """Wait for the writer in progress (after :meth:`kill`: until the socket closed)."""
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(writer)
 
     async def aclose(self) -> None:
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         for sub in list(self.subs.values()):
             self.drop(sub)
-
-    @property
-    def writer(self) -> asyncio.Task[None]:
-        return self._writer
 
     def flushed(self) -> bool:
         return not self._queue

@@ -183,7 +183,7 @@ class _Session:
                 except TimeoutError:
                     if not self.client.subs and time.monotonic() - last_command >= idle_s:
                         self.client.kill(4408, "idle timeout")
-                        await self.client.writer
+                        await self.client.finished()
                         break
                     last_command = time.monotonic() if self.client.subs else last_command
                     continue
@@ -332,7 +332,7 @@ class _Session:
     async def going_away(self) -> None:
         self.client.kill(WSCloseCode.GOING_AWAY, "the gateway is shutting down")
         try:
-            await asyncio.wait_for(self.client.writer, 2.0)
+            await asyncio.wait_for(self.client.finished(), 2.0)
         except TimeoutError:
             await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
 
