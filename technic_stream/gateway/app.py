@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter as Tally
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -18,7 +18,7 @@ from technic_stream.gateway.access import ChannelAccess
 from technic_stream.gateway.auth import ApiKeys, Tokens
 from technic_stream.gateway.hub import Hub
 from technic_stream.gateway.ratelimit import RateLimiter
-from technic_stream.gateway.session import Subscription
+from technic_stream.gateway.session import Subscription, Tally
 from technic_stream.kafka import Producer
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.interest import ChannelInterest
@@ -83,7 +83,7 @@ class Gateway:
             rate=settings.gateway_subscribe_rate,
             burst=settings.gateway_subscribe_burst,
         )
-        self._per_key: Tally[str] = Tally()
+        self._per_key: Counter[str] = Counter()
         self._sessions: set[_Session] = set()
         self._scan_owners: dict[str, str] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,12 +91,14 @@ class Gateway:
     async def start(self) -> None:
         await self.hub.start()
         self._tasks.append(asyncio.create_task(self._keep_interest(), name="gw-interest"))
+        self._tasks.append(asyncio.create_task(self._publish_tallies(), name="gw-tallies"))
 
     async def aclose(self) -> None:
         """Close every client with GOING_AWAY (after what is queued for it), then the hub."""
         sessions = list(self._sessions)
         if sessions:
             await asyncio.gather(*(s.going_away() for s in sessions), return_exceptions=True)
+        Tally.publish()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -143,6 +145,11 @@ class Gateway:
             self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("background write failed", extra={"error": repr(task.exception())})
+
+    async def _publish_tallies(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            Tally.publish()
 
     async def _keep_interest(self) -> None:
         while True:

@@ -108,15 +108,47 @@ class Subscription:
         self.client.end(self, reason)
 
 
-Sender = Callable[[bytes], Awaitable[None]]
 Closer = Callable[[int, str], Awaitable[Any]]
+
+#: a connection whose socket buffer holds more than this is written to only once it drains
+HIGH_WATER = 256 * 1024
+#: how often a backlogged connection's socket buffer is looked at
+DRAIN_POLL_S = 0.005
+
+
+class Tally:
+    """Per-write counts kept as plain ints (a Prometheus ``inc`` takes a lock; a write
+    happens per message at low rates); :meth:`publish` moves them to the counters."""
+
+    writes = 0
+    deliveries = 0
+
+    @classmethod
+    def publish(cls) -> None:
+        writes, deliveries = cls.writes, cls.deliveries
+        cls.writes = cls.deliveries = 0
+        m.WRITES.inc(writes)
+        m.DELIVERIES.inc(deliveries)
+
+
+def text_frame_header(n: int) -> bytes:
+    """The header of an unmasked, final WebSocket text frame of ``n`` bytes (RFC 6455)."""
+    if n < 126:
+        return bytes((0x81, n))
+    if n < 65_536:
+        return b"\x81\x7e" + n.to_bytes(2, "big")
+    return b"\x81\x7f" + n.to_bytes(8, "big")
 
 
 class Client:
+    """Writes synchronously to the socket while its buffer is below :data:`HIGH_WATER`
+    (once per event-loop pass, however many messages arrived in it); a task waits for
+    the buffer to drain only for a client that fell behind."""
+
     def __init__(
         self,
         who: Principal,
-        send: Sender,
+        transport: asyncio.WriteTransport,
         close: Closer,
         *,
         queue_max: int,
@@ -124,7 +156,7 @@ class Client:
         on_unsubscribed: Callable[[Subscription], None],
     ) -> None:
         self.who = who
-        self._send = send
+        self._transport = transport
         self._close = close
         self.queue_max = queue_max
         self._coalesce = coalesce_max
@@ -135,8 +167,9 @@ class Client:
         self._lagged: dict[str, int] = {}
         self._on_unsubscribed = on_unsubscribed
         self.killed: tuple[int, str] | None = None
-        # a writer task exists only while there is something to write (an idle connection
-        # holds no task: memory per connection is what the issue bounds)
+        self._scheduled = False  # a flush is due at the end of this event-loop pass
+        # a task exists only for a backlogged or closing connection (an idle connection
+        # holds none: memory per connection is what the issue bounds)
         self._writer: asyncio.Task[None] | None = None
 
     # -- queueing --------------------------------------------------------------------------
@@ -147,7 +180,7 @@ class Client:
         if sub.policy == "conflate":
             if sub.pending is None:
                 self._queue.append(sub)
-                if self._writer is None:
+                if not self._scheduled:
                     self._kick()
             else:
                 m.DROPS.labels("conflated").inc()
@@ -169,20 +202,20 @@ class Client:
             else:
                 return  # nothing of this channel queued: the new message is the one dropped
         self._queue.append((sub, frame))
-        if self._writer is None:
+        if not self._scheduled:
             self._kick()
 
     def reply(self, doc: dict[str, Any]) -> None:
         """A control frame (replies, notices): queued in order, never dropped."""
         if self.killed is None:
             self._queue.append((None, orjson.dumps(doc)))
-            if self._writer is None:
+            if not self._scheduled:
                 self._kick()
 
     def reply_frames(self, frames: list[bytes]) -> None:
         if self.killed is None:
             self._queue.extend((None, f) for f in frames)
-            if self._writer is None:
+            if not self._scheduled:
                 self._kick()
 
     def end(self, sub: Subscription, reason: str) -> None:
@@ -217,56 +250,86 @@ class Client:
             return
         self.killed = (code, reason)
         self._queue.clear()
-        if self._writer is None:
+        if not self._scheduled:
             self._kick()
 
     # -- writing ---------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _write(self) -> None:
-        """Drain the queue (several messages per frame), then end; or close if killed."""
-        queue = self._queue
-        try:
-            m.QUEUE_DEPTH.observe(len(queue))
-            while queue and self.killed is None:
-                batch: list[bytes] = []
-                if self._lagged:
-                    lagged, self._lagged = self._lagged, {}
-                    batch += [
-                        orjson.dumps({"type": "lagged", "channel": ch, "dropped": n})
-                        for ch, n in lagged.items()
-                    ]
-                delivered = 0
-                while queue and len(batch) < self._coalesce:
-                    item = queue.popleft()
-                    if type(item) is tuple:
-                        sub, frame = item
-                        if sub is not None:
-                            if sub.closed:
-                                continue
-                            delivered += 1
-                        batch.append(frame)
-                    else:
-                        sub = item  # type: ignore[assignment]
-                        assert sub is not None
-                        latest = sub.pending
-                        sub.pending = None
-                        if sub.closed or latest is None:
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._writer is not None:
+            return  # backlogged or closing: that task writes
+        if self.killed is not None or not self._write_some():
+            self._writer = asyncio.get_running_loop().create_task(self._backlog())
+
+    def _write_some(self) -> bool:
+        """Write queued messages while the socket takes them; True when all are written."""
+        queue, transport = self._queue, self._transport
+        if transport.is_closing():
+            queue.clear()
+            return True
+        depth = len(queue)
+        if depth:
+            m.QUEUE_DEPTH.observe(depth)
+        while queue:
+            if transport.get_write_buffer_size() > HIGH_WATER:
+                return False
+            batch: list[bytes] = []
+            if self._lagged:
+                lagged, self._lagged = self._lagged, {}
+                batch += [
+                    orjson.dumps({"type": "lagged", "channel": ch, "dropped": n})
+                    for ch, n in lagged.items()
+                ]
+            delivered = 0
+            while queue and len(batch) < self._coalesce:
+                item = queue.popleft()
+                if type(item) is tuple:
+                    sub, frame = item
+                    if sub is not None:
+                        if sub.closed:
                             continue
                         delivered += 1
-                        batch.append(latest)
-                if batch:
-                    await self._send(b"\n".join(batch))
-                    m.WRITES.inc()
-                    m.DELIVERIES.inc(delivered)
+                    batch.append(frame)
+                else:
+                    sub = item  # type: ignore[assignment]
+                    assert sub is not None
+                    latest = sub.pending
+                    sub.pending = None
+                    if sub.closed or latest is None:
+                        continue
+                    delivered += 1
+                    batch.append(latest)
+            if batch:
+                payload = batch[0] if len(batch) == 1 else b"\n".join(batch)
+                transport.writelines((text_frame_header(len(payload)), payload))
+                Tally.writes += 1
+                Tally.deliveries += delivered
+        return True
+
+    async def _backlog(self) -> None:
+        """For a client that fell behind (or is being closed): wait for the socket to
+        drain, write, repeat; then close if killed."""
+        try:
+            while self.killed is None:
+                while self._transport.get_write_buffer_size() > HIGH_WATER // 2:
+                    if self._transport.is_closing():
+                        return
+                    await asyncio.sleep(DRAIN_POLL_S)
+                if self._write_some():
+                    break
             if self.killed is not None:
                 await self._close(*self.killed)
         except (ConnectionError, RuntimeError):
             pass  # the socket went away; the handler notices and cleans up
         finally:
             self._writer = None
+            if self._queue and self.killed is None and not self._scheduled:
+                self._kick()
 
     async def finished(self) -> None:
         """Wait for the writer in progress (after :meth:`kill`: until the socket closed)."""

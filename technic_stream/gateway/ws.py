@@ -92,7 +92,10 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     hello = {"type": "connected", "owner": who.owner, "expires_at": who.expires_at}
     await ws.send_frame(orjson.dumps(_with_id(hello, req_id)), WSMsgType.TEXT)
     m.CONNECTS.labels("ok").inc()
-    session = _Session(gw, ws, who)
+    transport = request.transport
+    if transport is None:  # the peer is already gone
+        return ws
+    session = _Session(gw, ws, who, transport)
     gw.connection_opened(who.key_id, session)
     try:
         await session.run()
@@ -141,14 +144,20 @@ async def _authenticate(
 
 
 class _Session:
-    def __init__(self, gw: Gateway, ws: web.WebSocketResponse, who: Principal) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        ws: web.WebSocketResponse,
+        who: Principal,
+        transport: asyncio.WriteTransport,
+    ) -> None:
         self.gw = gw
         self.ws = ws
         self.who = who
         s = gw.settings
         self.client = Client(
             who,
-            self._send,
+            transport,
             self._close,
             queue_max=s.gateway_queue_max,
             coalesce_max=s.gateway_coalesce_max,
@@ -156,9 +165,6 @@ class _Session:
         )
         self._expiry: asyncio.TimerHandle | None = None
         self._arm_expiry()
-
-    async def _send(self, data: bytes) -> None:
-        await self.ws.send_frame(data, WSMsgType.TEXT)
 
     async def _close(self, code: int, reason: str) -> None:
         await self.ws.close(code=code, message=reason.encode()[:120])
