@@ -158,6 +158,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    import gc
+
+    gc.disable()  # the measuring side must not add its own collector pauses
     if uvloop is not None:
         uvloop.install()
     asyncio.run(main())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["install_stop_signals", "run"]
+__all__ = ["install_stop_signals", "run", "settle_gc"]
 
 T = TypeVar("T")
 
@@ -26,3 +27,15 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def settle_gc() -> None:
+    """Call once a service has started: everything allocated so far (modules, the app,
+    clients) leaves the collector's view (``gc.freeze``), and young-generation collections
+    run less often. A full collection over a busy process's objects otherwise pauses it
+    for tens of milliseconds — in the gateway's benchmark it was the p99 latency
+    (108 ms → 34 ms at 50k deliveries/s). Reference counting still frees almost
+    everything at once; cycles are collected, just less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1_000)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.runtime import settle_gc
 from technic_stream.config import Settings
 from technic_stream.gateway.app import Gateway
 from technic_stream.kafka import Producer
@@ -52,6 +53,7 @@ async def gateway_service(
                 )
                 if started is not None:
                     started(gw, port)
+                settle_gc()
                 await stop.wait()
                 log.info("gateway stopping: closing clients with GOING_AWAY")
                 await gw.aclose()
