@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/gateway.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

@@ -250,8 +250,8 @@ class Client:
             return
         self.killed = (code, reason)
         self._queue.clear()
-        if not self._scheduled:
-            self._kick()
+        if self._writer is None:  # now, so that finished() waits for the close
+            self._writer = asyncio.get_running_loop().create_task(self._backlog())
 
     # -- writing ---------------------------------------------------------------------------
 

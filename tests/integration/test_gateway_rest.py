@@ -233,3 +233,37 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(settings, 
     print(text[-3000:])
     assert proc.returncode == 0, text[-6000:]
     assert "passed" in text.lower()
+
+
+async def _cli(settings, *args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
+    env.update(TECHNIC_MONGO_URL=settings.mongo_url, TECHNIC_MONGO_DB=settings.mongo_db)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "technic_stream", "keys", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_keys_cli_creates_lists_and_revokes(settings):
+    code, out, err = await _cli(settings, "create", "--owner", "carol", "--name", "laptop")
+    assert code == 0, err
+    key = out.strip()
+    assert key.startswith("tsk_") and "not shown again" in err
+    key_id = key.split("_")[1]
+    code, out, _ = await _cli(settings, "list")
+    assert code == 0 and key_id in out and "carol" in out and "active" in out
+    assert key.split("_", 2)[2] not in out  # never the secret
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        async with http.get("/v1/me", headers={"X-API-Key": key}) as r:
+            assert (await r.json())["owner"] == "carol"
+    code, _, _ = await _cli(settings, "revoke", key_id)
+    assert code == 0
+    code, out, _ = await _cli(settings, "list", "--owner", "carol")
+    assert "revoked" in out
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        async with http.post("/v1/auth/token", json={"api_key": key}) as r:
+            assert (await _problem(r, 401))["detail"] == "API key revoked"
+    code, _, err = await _cli(settings, "revoke", "000000000000")
+    assert code == 1 and "no key" in err

@@ -384,3 +384,34 @@ async def test_a_burst_of_clients_on_one_channel_all_subscribe_and_receive(setti
             await pub.publish("ind.1m.BURST", _data(1))
             got = await asyncio.gather(*(_pubs(c, 1, "ind.1m.BURST") for c in clients))
             assert all(g[0]["data"] == {"i": 1} for g in got)
+
+
+async def test_a_gap_or_new_epoch_on_the_live_stream_forces_a_resubscribe(settings):
+    """Messages that bypass the publisher (a skipped offset, another epoch) are not passed
+    on as if nothing happened: the subscription ends with resubscribe: true."""
+    ch = "alerts.alice"
+    async with (
+        running_gateway(settings, gateway_idle_timeout_s=0.5) as gw,
+        channel_publisher(settings) as pub,
+        aiohttp.ClientSession() as http,
+    ):
+        redis = redis_client(settings)
+        try:
+            async with ws_client(http, gw.ws_url, gw.token("alice")) as c:
+                await c.subscribe(ch)
+                first = await pub.publish(ch, _data(1))
+                await _pubs(c, 1, ch)
+                raw = pub.pubsub_channel(ch)
+                env = b'{"channel":"%s","offset":%d,"epoch":"%s","data":{"i":9}}'
+                await redis.publish(raw, env % (ch.encode(), 3, first.epoch.encode()))
+                notice = await c.until(lambda m: m["type"] == "unsubscribed")
+                assert (notice["reason"], notice["offset"]) == ("gap", 1), notice
+                sub = await c.subscribe(ch, since={"offset": 1, "epoch": first.epoch})
+                assert sub["recovered"] is True
+                await redis.publish(raw, env % (ch.encode(), 2, b"another-epoch"))
+                notice = await c.until(lambda m: m["type"] == "unsubscribed")
+                assert notice["reason"] == "new_epoch" and notice["resubscribe"] is True
+                # no subscriptions left and nothing said for longer than the idle timeout
+                assert await c.closed(within=5) == 4408
+        finally:
+            await redis.aclose()
