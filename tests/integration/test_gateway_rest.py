@@ -255,15 +255,21 @@ async def test_keys_cli_creates_lists_and_revokes(settings):
     code, out, _ = await _cli(settings, "list")
     assert code == 0 and key_id in out and "carol" in out and "active" in out
     assert key.split("_", 2)[2] not in out  # never the secret
-    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
-        async with http.get("/v1/me", headers={"X-API-Key": key}) as r:
-            assert (await r.json())["owner"] == "carol"
+    async with (
+        running_gateway(settings) as gw,
+        aiohttp.ClientSession(gw.http) as http,
+        http.get("/v1/me", headers={"X-API-Key": key}) as r,
+    ):
+        assert (await r.json())["owner"] == "carol"
     code, _, _ = await _cli(settings, "revoke", key_id)
     assert code == 0
     code, out, _ = await _cli(settings, "list", "--owner", "carol")
     assert "revoked" in out
-    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
-        async with http.post("/v1/auth/token", json={"api_key": key}) as r:
-            assert (await _problem(r, 401))["detail"] == "API key revoked"
+    async with (
+        running_gateway(settings) as gw,
+        aiohttp.ClientSession(gw.http) as http,
+        http.post("/v1/auth/token", json={"api_key": key}) as r,
+    ):
+        assert (await _problem(r, 401))["detail"] == "API key revoked"
     code, _, err = await _cli(settings, "revoke", "000000000000")
     assert code == 1 and "no key" in err
