@@ -39,6 +39,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.engine.book import Applied, Book
@@ -607,6 +608,7 @@ async def engine_service(
                 )  # fmt: skip
                 handler.consumer = consumer
                 ops.checks["engine"] = consumer_ready(consumer)
+                settle_gc()
                 follow_stop = asyncio.Event()
                 follow = asyncio.create_task(
                     follower.follow(handler.on_rule_records, follow_stop), name="engine-rules"
