@@ -251,6 +251,11 @@ async def ours_latency(settings: Settings, args: argparse.Namespace, workdir: Pa
     engine = engine_child(settings, workdir / f"engine-lat-{settings.topic_prefix}log")
 
     async def stop() -> None:
+        stages = {s: await engine.metric(f'technic_engine_stage_seconds_total{{stage="{s}"}}')
+                  for s in ("decode", "compute", "alerts", "encode", "write", "flush")}  # fmt: skip
+        total = sum(stages.values()) or 1.0
+        print("  engine time by stage in the latency run: " + ", ".join(
+            f"{s} {v / total:.0%}" for s, v in stages.items()), file=sys.stderr)  # fmt: skip
         engine.signal(15)
         await asyncio.wait_for(engine.wait(), 60)
 

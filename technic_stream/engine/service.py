@@ -101,7 +101,7 @@ SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this p
 
 _FIELDS = ("open", "high", "low", "close", "volume")
 _INTEREST_REFRESH_S = 1.0
-_STAGES = ("decode", "compute", "alerts", "write", "flush", "checkpoint")
+_STAGES = ("decode", "compute", "alerts", "encode", "write", "flush", "checkpoint")
 
 
 def _lap(since: float) -> float:
@@ -206,6 +206,8 @@ class EngineService:
             t = time.perf_counter()
             await self._refresh_interest()
             values = self._value_commands(touched)
+            stages["encode"] += _lap(t)
+            t = time.perf_counter()
             replies = await execute(self.redis, [*gate_calls, *values], scripts=self._scripts)
             stages["write"] += _lap(t)
             t = time.perf_counter()
