@@ -155,6 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
+        "scanner",
+        help="run the scan worker: scan.requests into progress, results and MongoDB",
+        description="Chunks of TECHNIC_SCAN_CHUNK_SYMBOLS, TECHNIC_SCAN_CONCURRENCY scans at "
+        "once; cancels from scan.control.",
+    )
+
+    sub.add_parser(
         "gateway",
         help="run the gateway: WebSocket fan-out (/v1/ws), REST API (/v1), auth and limits",
         description="Listens on TECHNIC_GATEWAY_HOST:TECHNIC_GATEWAY_PORT. Set "
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_backfill(settings, args)
         if args.command == "keys":
             return _cmd_keys(settings, args)
-        if args.command in ("archiver", "bars", "engine", "feed", "gateway"):
+        if args.command in ("archiver", "bars", "engine", "feed", "gateway", "scanner"):
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

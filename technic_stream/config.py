@@ -181,6 +181,18 @@ class Settings(BaseSettings):
         default=3_600, ge=1, le=604_800, description="age of a channel's oldest message"
     )
 
+    # Scans.
+    scan_chunk_symbols: int = Field(
+        default=250, ge=1, le=20_000, description="symbols per chunk (the unit of checkpoints)"
+    )
+    scan_concurrency: int = Field(default=2, ge=1, le=64, description="scans run at once")
+    scan_read_concurrency: int = Field(
+        default=8, ge=1, le=256, description="archive reads in flight per scan"
+    )
+    scan_progress_hz: float = Field(
+        default=10.0, gt=0, le=100, description="most progress events per second per scan"
+    )
+
     # Lifecycle.
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
 

@@ -40,11 +40,13 @@ def _services() -> list[tuple[str, ServiceMain]]:
     from technic_stream.marketdata.alpaca import alpaca_service
     from technic_stream.marketdata.archiver import archiver_service
     from technic_stream.marketdata.bar_service import bar_service
+    from technic_stream.scan.service import scanner_service
 
     return [
         ("bars", bar_service),
         ("engine", engine_service),
         ("archiver", archiver_service),
+        ("scanner", scanner_service),
         ("gateway", gateway_service),
         ("feed", alpaca_service),
     ]

@@ -1,0 +1,1 @@
+"""Scans: whole-universe rule evaluation with progress, cancel and resume."""

@@ -1,0 +1,411 @@
+"""One scan, start to finish: resolve_universe → load_data → compute → rank → finalize.
+
+The universe is cut into chunks of ``scan_chunk_symbols``. Each chunk is loaded
+(``history``: the symbols' bars from the MongoDB archive, a few at a time; ``snapshot``:
+the engine's latest values from Redis, or the archive where they cannot answer the rule),
+computed off the event loop (the batch kernels and the compiled rule over the chunk), and
+*checkpointed*: its matches go to MongoDB ``scan_chunks`` and its index to the Redis set
+``scan:{id}:chunks``. A redelivered request (the worker died) skips checkpointed chunks;
+a finished scan is never recomputed (its ``scans`` document says so).
+
+Progress (``ScanProgress`` to ``scan.progress`` and the channel ``scan.{id}``) goes out at
+most ``scan_progress_hz`` times a second and always on a stage change and at the end;
+partial results (``ScanResult`` status ``partial``) as chunks finish; the final result
+carries the ranked top ``limit`` and the totals. Cancel (``scan.control``) is checked
+before every chunk: the scan stops within one chunk and keeps what it found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from pymongo.asynchronous.database import AsyncDatabase
+
+from technic_stream.config import Settings
+from technic_stream.kafka import Producer
+from technic_stream.messages import (
+    ScanMatch,
+    ScanProgress,
+    ScanRequest,
+    ScanResult,
+    encode,
+)
+from technic_stream.redis.channels import ChannelPublisher
+from technic_stream.rules import RuleError, RuleSet, compile_rules
+from technic_stream.storage.bars import BarArchive
+from technic_stream.topics import topic_name
+
+__all__ = ["ScanContext", "ScanInterrupted", "ScanJob"]
+
+log = logging.getLogger(__name__)
+
+FINAL = ("done", "failed", "cancelled")
+#: matches a partial result message carries (every one is kept in ``scan_chunks`` and ranked)
+PARTIAL_MATCHES = 1_000
+
+
+@dataclass
+class ScanContext:
+    settings: Settings
+    redis: aioredis.Redis
+    db: AsyncDatabase[Any]
+    producer: Producer
+    publisher: ChannelPublisher
+
+    @property
+    def archive(self) -> BarArchive:
+        return BarArchive(self.db)
+
+
+class ScanInterrupted(Exception):
+    """The process is stopping: the scan stopped after a checkpoint, not finished; the
+    request stays uncommitted and its next owner resumes it."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class _Found:
+    """Matches of one chunk: (symbol, ts, score, values)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, int, float | None, dict[str, float | None]]] = []
+        self.scanned = 0
+
+
+class ScanJob:
+    def __init__(
+        self,
+        ctx: ScanContext,
+        req: ScanRequest,
+        cancelled: Callable[[], bool],
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.ctx = ctx
+        self.req = req
+        self.cancelled = cancelled
+        self.stopping = stopping
+        s = ctx.settings
+        self.chunk_size = s.scan_chunk_symbols
+        self._min_gap = 1.0 / s.scan_progress_hz
+        self._last_progress = 0.0
+        self._stage = "queued"
+        self.done = 0
+        self.total = 0
+        self.matches = 0
+        self.current: str | None = None
+        self._started = time.monotonic()
+        self._compute_started: float | None = None
+        self._done_at_compute_start = 0
+        self.recomputed_chunks = 0  # chunks computed by this run (not from a checkpoint)
+        prefix = s.redis_prefix
+        self._chunks_key = f"{prefix}scan:{req.scan_id}:chunks"
+        self.channel = f"scan.{req.scan_id}"
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run (or resume) the scan; its final status."""
+        req, db = self.req, self.ctx.db
+        doc = await db["scans"].find_one({"_id": req.scan_id}, {"status": 1})
+        if doc is not None and doc.get("status") in FINAL:
+            log.info("scan already finished; not recomputed",
+                     extra={"scan_id": req.scan_id, "status": doc["status"]})  # fmt: skip
+            return str(doc["status"])
+        await db["scans"].update_one(
+            {"_id": req.scan_id},
+            {"$set": {"owner": req.owner, "status": "running",
+                      "request": req.model_dump(mode="json", exclude={"type", "v"})},
+             "$setOnInsert": {"submitted_at": datetime.now(UTC)}},
+            upsert=True,
+        )  # fmt: skip
+        try:
+            rules = compile_rules([req.rule])
+        except RuleError as exc:
+            return await self._fail(f"invalid rule: column {exc.col}: {exc.reason}")
+        await self._progress("resolve_universe", force=True)
+        symbols, unknown = await self._universe()
+        if symbols is None:
+            return await self._fail(f"unknown universe {req.universe!r}")
+        self.total = len(symbols)
+        chunks = [symbols[i : i + self.chunk_size] for i in range(0, len(symbols), self.chunk_size)]
+        done_chunks = {int(x) for x in await self.ctx.redis.smembers(self._chunks_key)}
+        for i in done_chunks:
+            if i < len(chunks):
+                self.done += len(chunks[i])
+        self.matches = await self._stored_match_count()
+        status = "done"
+        for i, chunk in enumerate(chunks):
+            if i in done_chunks:
+                continue
+            if self.stopping():
+                raise ScanInterrupted(req.scan_id)
+            if self.cancelled():
+                status = "cancelled"
+                break
+            found = await self._chunk(rules, chunk)
+            await self._checkpoint(i, found)
+            self.recomputed_chunks += 1
+            await self._partial(i, found)
+        await self._progress("rank", force=True)
+        top, total_matches, scanned = await self._ranked(rules)
+        await self._progress("finalize", force=True)
+        final = ScanResult(
+            scan_id=req.scan_id, owner=req.owner, status=status,
+            matches=top, total_matches=total_matches, symbols_scanned=scanned,
+            unknown_symbols=unknown[:10_000], ts=_now_ms(),
+        )  # fmt: skip
+        await self._emit_result(final)
+        await db["scans"].update_one(
+            {"_id": req.scan_id},
+            {"$set": {"status": status, "total_matches": total_matches,
+                      "symbols_scanned": scanned, "unknown_symbols": unknown[:10_000],
+                      "top": [m.model_dump(mode="json") for m in top],
+                      "finished_at": datetime.now(UTC),
+                      "seconds": round(time.monotonic() - self._started, 3)}},
+        )  # fmt: skip
+        await self._progress(status, force=True)
+        await self.ctx.redis.expire(self._chunks_key, 86_400)
+        return status
+
+    async def _fail(self, error: str) -> str:
+        req = self.req
+        res = ScanResult(scan_id=req.scan_id, owner=req.owner, status="failed", error=error,
+                         ts=_now_ms())  # fmt: skip
+        await self._emit_result(res)
+        await self.ctx.db["scans"].update_one(
+            {"_id": req.scan_id},
+            {"$set": {"status": "failed", "error": error, "finished_at": datetime.now(UTC)}},
+        )
+        await self._progress("failed", force=True)
+        return "failed"
+
+    # -- stages ----------------------------------------------------------------------------
+
+    async def _universe(self) -> tuple[list[str] | None, list[str]]:
+        req = self.req
+        known = set(await self.ctx.archive.symbols(req.tf))
+        if req.symbols is not None:
+            wanted = list(dict.fromkeys(req.symbols))
+            if req.mode == "snapshot":
+                known |= await self._with_values(wanted)
+            return [s for s in wanted if s in known], [s for s in wanted if s not in known]
+        if req.universe in (None, "all"):
+            return sorted(known), []
+        doc = await self.ctx.db["watchlists"].find_one(
+            {"_id": req.universe, "owner": {"$in": [req.owner, None]}}
+        )
+        if doc is None:
+            return None, []
+        wanted = list(dict.fromkeys(doc.get("symbols") or []))
+        return [s for s in wanted if s in known], [s for s in wanted if s not in known]
+
+    async def _with_values(self, symbols: list[str]) -> set[str]:
+        prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for s in symbols:
+                pipe.exists(f"{prefix}ind:{tf}:{s}")
+            found = await pipe.execute()
+        return {s for s, n in zip(symbols, found, strict=True) if n}
+
+    async def _chunk(self, rules: RuleSet, chunk: list[str]) -> _Found:
+        self.current = chunk[0]
+        await self._progress("load_data")
+        if self.req.mode == "snapshot":
+            latest = await self._latest_values(rules, chunk)
+            missing = [s for s in chunk if s not in latest]
+        else:
+            latest, missing = {}, list(chunk)
+        series = await self._series(missing)
+        if self._compute_started is None:
+            self._compute_started = time.monotonic()
+            self._done_at_compute_start = self.done
+        await self._progress("compute")
+        found = await asyncio.to_thread(self._compute, rules, chunk, latest, series)
+        self.done += len(chunk)
+        self.matches += len(found.rows)
+        self.current = chunk[-1]
+        await self._progress("compute")
+        return found
+
+    async def _latest_values(self, rules: RuleSet, chunk: list[str]) -> dict[str, np.ndarray]:
+        """The engine's current values where they answer the rule (inputs at lag 0)."""
+        if any(i.lag for i in rules.inputs) or not rules.columns:
+            return {}
+        prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
+        fields = ["ts", *rules.columns]
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            for s in chunk:
+                pipe.hmget(f"{prefix}ind:{tf}:{s}", fields)
+            rows = await pipe.execute()
+        out: dict[str, np.ndarray] = {}
+        for s, row in zip(chunk, rows, strict=True):
+            if row[0] is None or any(v is None for v in row[1:]):
+                continue  # no hash, or not every column: the archive answers
+            out[s] = np.array([float(v) for v in row], dtype=np.float64)
+        return out
+
+    async def _series(self, symbols: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        if not symbols:
+            return {}
+        archive = self.ctx.archive
+        sem = asyncio.Semaphore(self.ctx.settings.scan_read_concurrency)
+        end = self.req.end
+
+        async def one(s: str) -> tuple[str, dict[str, np.ndarray]]:
+            async with sem:
+                return s, await archive.read(s, self.req.tf, None, end)
+
+        return dict(await asyncio.gather(*(one(s) for s in symbols)))
+
+    def _compute(
+        self,
+        rules: RuleSet,
+        chunk: list[str],
+        latest: dict[str, np.ndarray],
+        series: dict[str, dict[str, np.ndarray]],
+    ) -> _Found:
+        found = _Found()
+        names = rules.columns
+        if latest:
+            syms = [s for s in chunk if s in latest]
+            table = np.stack([latest[s] for s in syms], axis=1)  # (1 + columns, symbols)
+            res = rules.evaluate_latest(table[1:])
+            hit = np.flatnonzero(res.match(0))
+            score = res.score(0)
+            for j in hit.tolist():
+                found.rows.append((syms[j], int(table[0, j]), _num(score, j),
+                                   _values(names, table[1:, j])))  # fmt: skip
+        start = self.req.start
+        for s in chunk:
+            bars = series.get(s)
+            if bars is None or len(bars["ts"]) == 0:
+                continue
+            cols = rules.series_columns(bars)
+            res = rules.evaluate_series(cols, n=len(bars["ts"]))
+            match = res.match(0)
+            if self.req.mode == "snapshot":
+                idx = [len(match) - 1] if match[-1] else []
+            else:
+                in_range = bars["ts"] >= (start or 0)
+                idx = np.flatnonzero(match & in_range).tolist()
+            score = res.score(0)
+            for b in idx:
+                vals = _values(names, np.array([cols[c][b] for c in names]))
+                found.rows.append((s, int(bars["ts"][b]), _num(score, b), vals))
+        found.scanned = len(chunk)
+        return found
+
+    async def _checkpoint(self, i: int, found: _Found) -> None:
+        doc = {
+            "_id": f"{self.req.scan_id}:{i}", "scan_id": self.req.scan_id, "chunk": i,
+            "scanned": found.scanned,
+            "matches": [{"symbol": s, "ts": ts, "score": sc, "values": v}
+                        for s, ts, sc, v in found.rows],
+        }  # fmt: skip
+        await self.ctx.db["scan_chunks"].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        await self.ctx.redis.sadd(self._chunks_key, i)
+
+    async def _stored_match_count(self) -> int:
+        total = 0
+        async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id}):
+            total += len(d["matches"])
+        return total
+
+    async def _ranked(self, rules: RuleSet) -> tuple[list[ScanMatch], int, int]:
+        rows: list[dict[str, Any]] = []
+        scanned = 0
+        async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id}):
+            rows.extend(d["matches"])
+            scanned += int(d.get("scanned", 0))
+        rule = rules.rules[0]
+        if rule.rank_by is not None:
+            sign = -1.0 if rule.descending else 1.0
+            rows.sort(key=lambda r: (r["score"] is None,
+                                     sign * (r["score"] if r["score"] is not None else 0.0),
+                                     r["symbol"], r["ts"]))  # fmt: skip
+        else:
+            rows.sort(key=lambda r: (r["symbol"], r["ts"]))
+        top = [ScanMatch(**r) for r in rows[: self.req.limit]]
+        return top, len(rows), scanned
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def _partial(self, i: int, found: _Found) -> None:
+        matches = [ScanMatch(symbol=s, ts=ts, score=sc, values=v) for s, ts, sc, v in found.rows]
+        res = ScanResult(
+            scan_id=self.req.scan_id, owner=self.req.owner, status="partial", chunk=i,
+            matches=matches[:PARTIAL_MATCHES], total_matches=len(matches),
+            symbols_scanned=found.scanned, ts=_now_ms(),
+        )  # fmt: skip
+        await self._emit_result(res)
+
+    async def _emit_result(self, res: ScanResult) -> None:
+        data = encode(res)
+        limit = int(self.ctx.settings.max_message_bytes * 0.9)
+        if len(data) > limit:  # first without the per-match values, then fewer matches
+            slim = [m.model_copy(update={"values": {}}) for m in res.matches]
+            res = res.model_copy(update={"matches": slim})
+            data = encode(res)
+            while len(data) > limit and res.matches:
+                res = res.model_copy(update={"matches": res.matches[: len(res.matches) // 2]})
+                data = encode(res)
+        topic = topic_name(self.ctx.settings.topic_prefix, "scan.results")
+        await (await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode()))
+        await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
+
+    async def _progress(self, stage: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        changed = stage != self._stage
+        if not (force or changed) and now - self._last_progress < self._min_gap:
+            return
+        self._stage = stage
+        self._last_progress = now
+        rate, eta = 0.0, None
+        if self._compute_started is not None:
+            elapsed = now - self._compute_started
+            worked = self.done - self._done_at_compute_start
+            if elapsed > 0 and worked > 0:
+                rate = worked / elapsed
+                eta = int((self.total - self.done) / rate * 1000)
+        finished = stage in FINAL
+        percent = 100.0 if stage == "done" else (
+            min(100.0, 100.0 * self.done / self.total) if self.total else 0.0)  # fmt: skip
+        msg = ScanProgress(
+            scan_id=self.req.scan_id, owner=self.req.owner, stage=stage,
+            done=self.done, total=self.total, percent=round(percent, 3),
+            rate=round(rate, 3) if math.isfinite(rate) else 0.0,
+            eta_ms=0 if finished else eta, current_symbol=self.current,
+            matches=self.matches, ts=_now_ms(),
+        )  # fmt: skip
+        data = encode(msg)
+        topic = topic_name(self.ctx.settings.topic_prefix, "scan.progress")
+        await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode())
+        await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
+        update: dict[str, Any] = {"progress": orjson.loads(data)}
+        if not finished:
+            update["status"] = "running"
+        await self.ctx.db["scans"].update_one({"_id": self.req.scan_id}, {"$set": update})
+
+
+def _num(arr: np.ndarray | None, j: int) -> float | None:
+    if arr is None:
+        return None
+    x = float(arr[j])
+    return x if math.isfinite(x) else None
+
+
+def _values(names: list[str], col: np.ndarray) -> dict[str, float | None]:
+    return {n: (float(x) if math.isfinite(x) else None)
+            for n, x in zip(names, col.tolist(), strict=True)}  # fmt: skip
