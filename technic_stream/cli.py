@@ -154,6 +154,23 @@ def _parser() -> argparse.ArgumentParser:
         "from TECHNIC_ALPACA_URL (v2/iex or v2/sip). Reconnects with backoff on its own.",
     )
 
+    sc = sub.add_parser(
+        "scan",
+        help="run a scan: live progress bar, then the ranked table (Ctrl-C cancels)",
+        description='e.g. technic-stream scan "rsi(14) < 30 rank by volume desc" --mode '
+        "history --start 2012-01-01. Needs a running scanner (technic-stream up).",
+    )
+    sc.add_argument("rule")
+    sc.add_argument("--universe", default="all", help="all, or a stored watchlist")
+    sc.add_argument("--symbols", help="comma-separated symbols instead of a universe")
+    sc.add_argument("--tf", default="1d")
+    sc.add_argument("--mode", choices=("snapshot", "history"), default="snapshot")
+    sc.add_argument("--start", help="history from YYYY-MM-DD (or epoch ms)")
+    sc.add_argument("--end", help="history until YYYY-MM-DD (or epoch ms)")
+    sc.add_argument("--limit", type=int, default=20, help="rows of the ranked table")
+    sc.add_argument("--owner", default="cli")
+    sc.add_argument("--id", help="scan id (default: a new one)")
+
     sub.add_parser(
         "scanner",
         help="run the scan worker: scan.requests into progress, results and MongoDB",
@@ -362,6 +379,31 @@ def _cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scan(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from technic_stream.rules import RuleError, parse_rule
+    from technic_stream.scan.cli import run_scan_cli, scan_request
+
+    if not settings.kafka_bootstrap:
+        raise ConfigError("TECHNIC_KAFKA_BOOTSTRAP: required (the scanner listens there)")
+    try:
+        parse_rule(args.rule)
+    except RuleError as exc:
+        print(f"technic-stream: invalid rule, {exc}\n{exc.caret()}", file=sys.stderr)
+        return 2
+    try:
+        req = scan_request(args)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in first["loc"]) or "request"
+        print(f"technic-stream: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_scan_cli(settings, req))
+
+
 def _cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
@@ -431,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_replay(settings, args)
         if args.command == "backfill":
             return _cmd_backfill(settings, args)
+        if args.command == "scan":
+            return _cmd_scan(settings, args)
         if args.command == "keys":
             return _cmd_keys(settings, args)
         if args.command in ("archiver", "bars", "engine", "feed", "gateway", "scanner"):

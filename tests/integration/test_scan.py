@@ -229,3 +229,41 @@ async def test_a_stopped_worker_resumes_from_checkpoints_and_a_done_scan_is_not_
     got = [(m["symbol"], m["ts"], m["score"]) for m in doc["top"]]
     assert [(s, t) for s, t, _ in got] == [(s, t) for s, t, _ in top]
     assert all(math.isclose(a[2], b[2]) for a, b in zip(got, top, strict=True))
+
+
+async def _scan_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
+    env.update(TECHNIC_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               TECHNIC_TOPIC_PREFIX=settings.topic_prefix)  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "technic_stream", "scan", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_the_scan_command_shows_progress_and_prints_the_ranked_table(sample_archive):
+    settings = sample_archive
+    rule = "close > sma(200) rank by close desc"
+    async with running_scanner(settings):
+        code, out, err = await _scan_cli(settings, rule, "--mode", "history", "--start",
+                                         "2013-06-01", "--limit", "5", "--id", "cli1")  # fmt: skip
+    assert code == 0, err
+    assert "scan cli1 submitted" in err and "compute" in err and "done" in err
+    rows = [line.split() for line in out.splitlines()[1:]]
+    expected = await reference_matches(settings, rule, SAMPLE, "1d", day("2013-06-01"))
+    best = sorted(expected, key=lambda m: (-m[2], m[0], m[1]))[:5]
+    assert [(r[1], r[2]) for r in rows] == [
+        (s, datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%d")) for s, ts, _ in best
+    ]
+    assert f"done: {len(expected):,} matches in 5 symbols" in err
+    code, _, err = await _scan_cli(settings, "rsi(14) <")
+    assert code == 2 and "column" in err and "^" in err
+
+
+def day(text: str) -> int:
+    return int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)

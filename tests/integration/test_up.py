@@ -102,10 +102,20 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
         assert "technic.md.bars" in text and "topics   10" in text
         body = await _ready(text)
         assert body["checks"] == dict.fromkeys(
-            ("kafka", "redis", "mongo", "bars", "engine", "archiver", "archiver-mongo", "gateway"),
+            (
+                "kafka",
+                "redis",
+                "mongo",
+                "bars",
+                "engine",
+                "archiver",
+                "archiver-mongo",
+                "scanner",
+                "gateway",
+            ),
             "ok",
         )
-        assert "services bars, engine, archiver, gateway" in text
+        assert "services bars, engine, archiver, scanner, gateway" in text
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)
