@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     scan_read_concurrency: int = Field(
         default=8, ge=1, le=256, description="archive reads in flight per scan"
     )
+    scan_snapshot_chunk_symbols: int = Field(
+        default=5_000, ge=1, le=20_000, description="symbols per chunk of snapshot scans"
+    )
+    scan_cache_ttl_s: int = Field(
+        default=600, ge=0, le=604_800, description="how long loaded bar arrays stay in Redis"
+    )
     scan_progress_hz: float = Field(
         default=10.0, gt=0, le=100, description="most progress events per second per scan"
     )

@@ -97,7 +97,12 @@ class ScanJob:
         self.cancelled = cancelled
         self.stopping = stopping
         s = ctx.settings
-        self.chunk_size = s.scan_chunk_symbols
+        self.chunk_size = (
+            s.scan_snapshot_chunk_symbols if req.mode == "snapshot" else s.scan_chunk_symbols
+        )
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._gen: int | None = None
         self._min_gap = 1.0 / s.scan_progress_hz
         self._last_progress = 0.0
         self._stage = "queued"
@@ -195,12 +200,14 @@ class ScanJob:
 
     async def _universe(self) -> tuple[list[str] | None, list[str]]:
         req = self.req
-        known = set(await self.ctx.archive.symbols(req.tf))
         if req.symbols is not None:
             wanted = list(dict.fromkeys(req.symbols))
-            if req.mode == "snapshot":
-                known |= await self._with_values(wanted)
+            known = await self._with_values(wanted) if req.mode == "snapshot" else set()
+            rest = [s for s in wanted if s not in known]
+            if rest:
+                known |= await self._archived(rest)
             return [s for s in wanted if s in known], [s for s in wanted if s not in known]
+        known = set(await self.ctx.archive.symbols(req.tf))
         if req.universe in (None, "all"):
             return sorted(known), []
         doc = await self.ctx.db["watchlists"].find_one(
@@ -210,6 +217,12 @@ class ScanJob:
             return None, []
         wanted = list(dict.fromkeys(doc.get("symbols") or []))
         return [s for s in wanted if s in known], [s for s in wanted if s not in known]
+
+    async def _archived(self, symbols: list[str]) -> set[str]:
+        found = await self.ctx.archive.collection.distinct(
+            "symbol", {"tf": self.req.tf, "symbol": {"$in": symbols}}
+        )
+        return set(found)
 
     async def _with_values(self, symbols: list[str]) -> set[str]:
         prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
@@ -257,17 +270,41 @@ class ScanJob:
         return out
 
     async def _series(self, symbols: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """The symbols' bars up to ``end``: from the Redis cache (key: timeframe, the
+        archive's generation for it, end, symbol), else the archive (then cached)."""
         if not symbols:
             return {}
-        archive = self.ctx.archive
-        sem = asyncio.Semaphore(self.ctx.settings.scan_read_concurrency)
+        archive, redis, s = self.ctx.archive, self.ctx.redis, self.ctx.settings
+        if self._gen is None:
+            self._gen = await archive.generation(self.req.tf)
         end = self.req.end
+        keys = [f"{s.redis_prefix}scan:bars:{self.req.tf}:g{self._gen}:{end or 'now'}:{sym}"
+                for sym in symbols]  # fmt: skip
+        out: dict[str, dict[str, np.ndarray]] = {}
+        cached = await redis.mget(keys) if s.scan_cache_ttl_s else [None] * len(keys)
+        missing = []
+        for sym, blob in zip(symbols, cached, strict=True):
+            if blob is None:
+                missing.append(sym)
+            else:
+                out[sym] = _unpack(blob if isinstance(blob, bytes) else blob.encode())
+        self.cache_hits += len(symbols) - len(missing)
+        self.cache_misses += len(missing)
+        sem = asyncio.Semaphore(s.scan_read_concurrency)
 
-        async def one(s: str) -> tuple[str, dict[str, np.ndarray]]:
+        async def one(sym: str) -> tuple[str, dict[str, np.ndarray]]:
             async with sem:
-                return s, await archive.read(s, self.req.tf, None, end)
+                return sym, await archive.read(sym, self.req.tf, None, end)
 
-        return dict(await asyncio.gather(*(one(s) for s in symbols)))
+        loaded = dict(await asyncio.gather(*(one(sym) for sym in missing)))
+        out.update(loaded)
+        if loaded and s.scan_cache_ttl_s:
+            by_sym = dict(zip(symbols, keys, strict=True))
+            async with redis.pipeline(transaction=False) as pipe:
+                for sym, bars in loaded.items():
+                    pipe.set(by_sym[sym], _pack(bars), ex=s.scan_cache_ttl_s)
+                await pipe.execute()
+        return out
 
     def _compute(
         self,
@@ -387,6 +424,7 @@ class ScanJob:
             done=self.done, total=self.total, percent=round(percent, 3),
             rate=round(rate, 3) if math.isfinite(rate) else 0.0,
             eta_ms=0 if finished else eta, current_symbol=self.current,
+            cache_hits=self.cache_hits, cache_misses=self.cache_misses,
             matches=self.matches, ts=_now_ms(),
         )  # fmt: skip
         data = encode(msg)
@@ -397,6 +435,23 @@ class ScanJob:
         if not finished:
             update["status"] = "running"
         await self.ctx.db["scans"].update_one({"_id": self.req.scan_id}, {"$set": update})
+
+
+_COLS = ("open", "high", "low", "close", "volume")
+
+
+def _pack(bars: dict[str, np.ndarray]) -> bytes:
+    """n, ts (int64) and the five float64 columns, raw: the fastest form to load again."""
+    n = len(bars["ts"])
+    cols = np.stack([bars[c] for c in _COLS]) if n else np.empty((5, 0))
+    return np.int64(n).tobytes() + bars["ts"].astype(np.int64).tobytes() + cols.tobytes()
+
+
+def _unpack(blob: bytes) -> dict[str, np.ndarray]:
+    n = int(np.frombuffer(blob, np.int64, 1)[0])
+    ts = np.frombuffer(blob, np.int64, n, 8)
+    cols = np.frombuffer(blob, np.float64, 5 * n, 8 + 8 * n).reshape(5, n)
+    return {"ts": ts, **{c: cols[i] for i, c in enumerate(_COLS)}}
 
 
 def _num(arr: np.ndarray | None, j: int) -> float | None:

@@ -94,6 +94,7 @@ class BarArchive:
 
     def __init__(self, db: AsyncDatabase[Any], *, cache_buckets: int = 4_096) -> None:
         self.collection: AsyncCollection[Any] = db["bars"]
+        self._meta: AsyncCollection[Any] = db["archive_meta"]
         self._cache: OrderedDict[str, _Bucket] = OrderedDict()
         self._cache_size = cache_buckets
 
@@ -171,6 +172,8 @@ class BarArchive:
             if not ops:
                 return WriteStats(n, len(groups), written, reads, retries)
             applied = await self._bulk(ops)
+            if applied:
+                await self._bump(tf)
             if applied == len(ops):
                 for bid, bucket in merged.items():
                     self._remember(bid, bucket)
@@ -184,6 +187,15 @@ class BarArchive:
             pending = set(merged)
             log.info("bar bucket write conflict; merging again", extra={"attempt": attempt + 1})
         raise ArchiveError(f"bar buckets kept changing under us after {_MAX_ATTEMPTS} attempts")
+
+    async def _bump(self, tf: str) -> None:
+        await self._meta.update_one({"_id": tf}, {"$inc": {"gen": 1}}, upsert=True)
+
+    async def generation(self, tf: str) -> int:
+        """A number that changes whenever bars of ``tf`` are written: readers that cache
+        what they read (the scanner) put it in their keys."""
+        doc = await self._meta.find_one({"_id": tf})
+        return int(doc["gen"]) if doc else 0
 
     async def _bulk(self, ops: list[Any]) -> int:
         """Apply ops unordered; return how many took effect (conflicts do not)."""

@@ -267,3 +267,29 @@ async def test_the_scan_command_shows_progress_and_prints_the_ranked_table(sampl
 
 def day(text: str) -> int:
     return int(datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+
+async def test_loaded_bars_are_cached_until_the_archive_changes(sample_archive):
+    settings = sample_archive
+    rule = "close > sma(20)"
+    async with running_scanner(settings):
+        await submit(settings, request("k1", rule, mode="history", start=START_2012))
+        first = await scan_doc(settings, "k1")
+        await submit(settings, request("k2", rule, mode="history", start=START_2012))
+        second = await scan_doc(settings, "k2")
+        p1, p2 = first["progress"], second["progress"]
+        assert (p1["cache_hits"], p1["cache_misses"]) == (0, 5)
+        assert (p2["cache_hits"], p2["cache_misses"]) == (5, 0)
+        assert second["total_matches"] == first["total_matches"] > 0
+        # new bars for the timeframe: the cached arrays no longer answer
+        mongo = mongo_client(settings)
+        try:
+            await BarArchive(mongo[settings.mongo_db]).write(
+                "1d", ["IBM"], np.array([START_2012 * 2]), *(np.array([150.0]),) * 4,
+                np.array([1e6]),
+            )  # fmt: skip
+        finally:
+            await mongo.close()
+        await submit(settings, request("k3", rule, mode="history", start=START_2012))
+        third = await scan_doc(settings, "k3")
+        assert third["progress"]["cache_misses"] == 5
