@@ -41,6 +41,7 @@ from technic_stream.messages import (
     encode,
 )
 from technic_stream.redis.channels import ChannelPublisher
+from technic_stream.redis.resp import Script, execute
 from technic_stream.rules import RuleError, RuleSet, compile_rules
 from technic_stream.storage.bars import BarArchive
 from technic_stream.topics import topic_name
@@ -103,6 +104,11 @@ class ScanJob:
         self.cache_hits = 0
         self.cache_misses = 0
         self._gen: int | None = None
+        # a snapshot scan takes milliseconds: its chunks are kept in memory, not
+        # checkpointed (a redelivered unfinished snapshot simply runs again)
+        self._memory: list[dict[str, Any]] | None = [] if req.mode == "snapshot" else None
+        self._last_stored = 0.0
+        self._prefetched: dict[str, np.ndarray] | None = None
         self._min_gap = 1.0 / s.scan_progress_hz
         self._last_progress = 0.0
         self._stage = "queued"
@@ -140,7 +146,7 @@ class ScanJob:
         except RuleError as exc:
             return await self._fail(f"invalid rule: column {exc.col}: {exc.reason}")
         await self._progress("resolve_universe", force=True)
-        symbols, unknown = await self._universe()
+        symbols, unknown = await self._universe(rules)
         if symbols is None:
             return await self._fail(f"unknown universe {req.universe!r}")
         self.total = len(symbols)
@@ -198,11 +204,11 @@ class ScanJob:
 
     # -- stages ----------------------------------------------------------------------------
 
-    async def _universe(self) -> tuple[list[str] | None, list[str]]:
+    async def _universe(self, rules: RuleSet) -> tuple[list[str] | None, list[str]]:
         req = self.req
         if req.symbols is not None:
             wanted = list(dict.fromkeys(req.symbols))
-            known = await self._with_values(wanted) if req.mode == "snapshot" else set()
+            known = await self._with_values(wanted, rules) if req.mode == "snapshot" else set()
             rest = [s for s in wanted if s not in known]
             if rest:
                 known |= await self._archived(rest)
@@ -224,13 +230,32 @@ class ScanJob:
         )
         return set(found)
 
-    async def _with_values(self, symbols: list[str]) -> set[str]:
+    async def _hmget_many(self, symbols: list[str], fields: list[str]) -> list[list[Any]]:
+        """HMGET of each symbol's ``ind:{tf}:{symbol}`` hash, thousands per round trip (a
+        script returns them as one reply: parsing one reply per key would cost more than
+        the scan)."""
         prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
-        async with self.ctx.redis.pipeline(transaction=False) as pipe:
-            for s in symbols:
-                pipe.exists(f"{prefix}ind:{tf}:{s}")
-            found = await pipe.execute()
-        return {s for s, n in zip(symbols, found, strict=True) if n}
+        rows: list[list[Any]] = []
+        for lo in range(0, len(symbols), _HMGET_KEYS):
+            keys = [f"{prefix}ind:{tf}:{s}" for s in symbols[lo : lo + _HMGET_KEYS]]
+            (reply,) = await execute(self.ctx.redis, [_HMGET_MANY.call(keys, fields)],
+                                     scripts=(_HMGET_MANY,))  # fmt: skip
+            rows.extend(reply)
+        return rows
+
+    async def _with_values(self, symbols: list[str], rules: RuleSet) -> set[str]:
+        """Symbols the engine has values for; the values the rule needs are kept for the
+        chunks (one read for both)."""
+        direct = not any(i.lag for i in rules.inputs) and bool(rules.columns)
+        fields = ["ts", *rules.columns] if direct else ["ts"]
+        rows = await self._hmget_many(symbols, fields)
+        have = [(s, row) for s, row in zip(symbols, rows, strict=True) if row[0] is not None]
+        if direct:
+            full = [(s, row) for s, row in have if None not in row]
+            if full:  # bytes → float64 in one NumPy conversion
+                table = np.array([row for _, row in full], dtype=np.bytes_).astype(np.float64)
+                self._prefetched = {s: table[i] for i, (s, _) in enumerate(full)}
+        return {s for s, _ in have}
 
     async def _chunk(self, rules: RuleSet, chunk: list[str]) -> _Found:
         self.current = chunk[0]
@@ -256,12 +281,9 @@ class ScanJob:
         """The engine's current values where they answer the rule (inputs at lag 0)."""
         if any(i.lag for i in rules.inputs) or not rules.columns:
             return {}
-        prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
-        fields = ["ts", *rules.columns]
-        async with self.ctx.redis.pipeline(transaction=False) as pipe:
-            for s in chunk:
-                pipe.hmget(f"{prefix}ind:{tf}:{s}", fields)
-            rows = await pipe.execute()
+        if self._prefetched is not None:
+            return {s: self._prefetched[s] for s in chunk if s in self._prefetched}
+        rows = await self._hmget_many(chunk, ["ts", *rules.columns])
         out: dict[str, np.ndarray] = {}
         for s, row in zip(chunk, rows, strict=True):
             if row[0] is None or any(v is None for v in row[1:]):
@@ -291,12 +313,16 @@ class ScanJob:
         self.cache_hits += len(symbols) - len(missing)
         self.cache_misses += len(missing)
         sem = asyncio.Semaphore(s.scan_read_concurrency)
+        step = max(1, -(-len(missing) // s.scan_read_concurrency))  # a query per slice
 
-        async def one(sym: str) -> tuple[str, dict[str, np.ndarray]]:
+        async def some(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
             async with sem:
-                return sym, await archive.read(sym, self.req.tf, None, end)
+                return await archive.read_many(group, self.req.tf, None, end)
 
-        loaded = dict(await asyncio.gather(*(one(sym) for sym in missing)))
+        loaded: dict[str, dict[str, np.ndarray]] = {}
+        parts = [missing[i : i + step] for i in range(0, len(missing), step)]
+        for got in await asyncio.gather(*(some(g) for g in parts)):
+            loaded.update(got)
         out.update(loaded)
         if loaded and s.scan_cache_ttl_s:
             by_sym = dict(zip(symbols, keys, strict=True))
@@ -345,6 +371,11 @@ class ScanJob:
         return found
 
     async def _checkpoint(self, i: int, found: _Found) -> None:
+        if self._memory is not None:
+            self._memory.append({"scanned": found.scanned, "matches": [
+                {"symbol": s, "ts": ts, "score": sc, "values": v} for s, ts, sc, v in found.rows
+            ]})  # fmt: skip
+            return
         doc = {
             "_id": f"{self.req.scan_id}:{i}", "scan_id": self.req.scan_id, "chunk": i,
             "scanned": found.scanned,
@@ -355,6 +386,8 @@ class ScanJob:
         await self.ctx.redis.sadd(self._chunks_key, i)
 
     async def _stored_match_count(self) -> int:
+        if self._memory is not None:
+            return 0
         total = 0
         async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id}):
             total += len(d["matches"])
@@ -363,7 +396,13 @@ class ScanJob:
     async def _ranked(self, rules: RuleSet) -> tuple[list[ScanMatch], int, int]:
         rows: list[dict[str, Any]] = []
         scanned = 0
-        async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id}):
+        if self._memory is not None:
+            chunks: Any = self._memory
+        else:
+            chunks = [
+                d async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id})
+            ]
+        for d in chunks:
             rows.extend(d["matches"])
             scanned += int(d.get("scanned", 0))
         rule = rules.rules[0]
@@ -399,7 +438,9 @@ class ScanJob:
                 res = res.model_copy(update={"matches": res.matches[: len(res.matches) // 2]})
                 data = encode(res)
         topic = topic_name(self.ctx.settings.topic_prefix, "scan.results")
-        await (await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode()))
+        await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode())
+        if res.status != "partial":
+            await self.ctx.producer.flush()  # the final result (and all before it) acked
         await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
 
     async def _progress(self, stage: str, *, force: bool = False) -> None:
@@ -431,13 +472,24 @@ class ScanJob:
         topic = topic_name(self.ctx.settings.topic_prefix, "scan.progress")
         await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode())
         await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
-        update: dict[str, Any] = {"progress": orjson.loads(data)}
-        if not finished:
-            update["status"] = "running"
-        await self.ctx.db["scans"].update_one({"_id": self.req.scan_id}, {"$set": update})
+        if finished or now - self._last_stored >= 1.0:  # the document: at most once a second
+            self._last_stored = now
+            update: dict[str, Any] = {"progress": orjson.loads(data)}
+            if not finished:
+                update["status"] = "running"
+            await self.ctx.db["scans"].update_one({"_id": self.req.scan_id}, {"$set": update})
 
 
 _COLS = ("open", "high", "low", "close", "volume")
+
+_HMGET_KEYS = 5_000
+_HMGET_MANY = Script("""
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, unpack(ARGV))
+end
+return out
+""")
 
 
 def _pack(bars: dict[str, np.ndarray]) -> bytes:

@@ -1,0 +1,192 @@
+"""Scans end to end: history scans cold (MongoDB) and warm (Redis cache), snapshot scans.
+
+    .venv/bin/python bench/scan.py [--symbols 5000] [--bars 252] [--snapshot 10000] [--runs 3]
+
+Starts the local servers, writes ``--symbols`` generated symbols x ``--bars`` daily bars
+into the archive, runs ``technic-stream scanner`` as its own process, and times each scan
+from sending its ``ScanRequest`` to reading its final ``ScanResult`` on
+``scan.results``. Cold runs start with the cache invalidated (a write to the archive
+bumps the timeframe's generation); warm runs repeat the scan with everything cached. The
+snapshot scan reads the engine's latest values for ``--snapshot`` symbols from Redis
+(written here the way the engine writes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from technic_stream.config import Settings  # noqa: E402
+from technic_stream.kafka import Producer, ensure_topics  # noqa: E402
+from technic_stream.local import LocalStack  # noqa: E402
+from technic_stream.local.service import ServiceChild  # noqa: E402
+from technic_stream.marketdata.synth import SynthConfig, SyntheticMarket  # noqa: E402
+from technic_stream.messages import ScanRequest, ScanResult, decode, encode  # noqa: E402
+from technic_stream.redis import redis_client  # noqa: E402
+from technic_stream.storage import mongo_client  # noqa: E402
+from technic_stream.storage.bars import BarArchive  # noqa: E402
+from technic_stream.topics import topic_name  # noqa: E402
+
+RULE = "rsi(14) < 45 and close > sma(50) rank by volume desc"
+SNAPSHOT_RULE = "rsi_14 < 30 and close > sma_50"  # written below as the engine would
+
+
+async def fill_archive(settings: Settings, symbols: int, bars: int) -> tuple[list[str], int]:
+    market = SyntheticMarket(SynthConfig(symbols=symbols, seed=5, tf="1d"))
+    steps = [market.step() for _ in range(bars)]
+    names = np.array(market.symbols)
+    mongo = mongo_client(settings)
+    t0 = time.perf_counter()
+    try:
+        archive = BarArchive(mongo[settings.mongo_db])
+        await archive.ensure_indexes()
+        per = max(1, 60_000 // bars)  # symbols per write call
+        for lo in range(0, symbols, per):
+            hi = min(symbols, lo + per)
+            sel = [(c, (c.index >= lo) & (c.index < hi)) for c in steps]
+            await archive.write(
+                "1d",
+                np.concatenate([names[c.index[m]] for c, m in sel]),
+                np.concatenate([np.full(int(m.sum()), int(c.ts)) for c, m in sel]),
+                *(np.concatenate([getattr(c, f)[m] for c, m in sel])
+                  for f in ("open", "high", "low", "close", "volume")),
+            )  # fmt: skip
+    finally:
+        await mongo.close()
+    print(f"  archive: {symbols:,} symbols x {bars} bars in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)  # fmt: skip
+    return list(market.symbols), int(steps[bars // 3].ts)
+
+
+async def invalidate(settings: Settings) -> None:
+    mongo = mongo_client(settings)
+    try:
+        await BarArchive(mongo[settings.mongo_db]).write(
+            "1d", ["ZZBENCH"], np.array([86_400_000]), *(np.array([1.0]),) * 4, np.array([1.0])
+        )
+    finally:
+        await mongo.close()
+
+
+async def timed_scan(settings: Settings, req: ScanRequest) -> tuple[float, ScanResult]:
+    topic = topic_name(settings.topic_prefix, "scan.results")
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                enable_auto_commit=False, fetch_max_wait_ms=5)  # fmt: skip
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        async with Producer(settings) as producer:
+            t0 = time.perf_counter()
+            await producer.send_and_wait(topic_name(settings.topic_prefix, "scan.requests"),
+                                         encode(req), key=req.scan_id.encode())  # fmt: skip
+            while True:
+                batch = await consumer.getmany(timeout_ms=50)
+                for records in batch.values():
+                    for r in records:
+                        if r.key == req.scan_id.encode():
+                            res = decode(r.value, ScanResult)
+                            if res.status != "partial":
+                                return time.perf_counter() - t0, res
+    finally:
+        await consumer.stop()
+
+
+async def snapshot_values(settings: Settings, n: int) -> list[str]:
+    rng = np.random.default_rng(1)
+    redis = redis_client(settings)
+    names = [f"SNAP{i:05d}" for i in range(n)]
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for s in names:
+                pipe.hset(f"{settings.redis_prefix}ind:1d:{s}", mapping={
+                    "ts": 1_700_000_000_000, "close": float(rng.uniform(10, 500)),
+                    "rsi_14": float(rng.uniform(5, 95)), "sma_50": float(rng.uniform(10, 500)),
+                    "volume": float(rng.uniform(1e4, 1e7)),
+                })  # fmt: skip
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    return names
+
+
+def req(scan_id: str, rule: str, **kw: object) -> ScanRequest:
+    return ScanRequest(scan_id=scan_id, owner="bench", rule=rule, ts=int(time.time() * 1000),
+                       limit=100, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--symbols", type=int, default=5_000)
+    ap.add_argument("--bars", type=int, default=252)
+    ap.add_argument("--snapshot", type=int, default=10_000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    base = Settings(ops_port=0, log_level="WARNING")
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(base) as stack:
+        settings = stack.settings.model_copy(update={"topic_prefix": "bench.",
+                                                     "redis_prefix": "bench:",
+                                                     "mongo_db": "bench"})  # fmt: skip
+        await ensure_topics(settings)
+        _, start = await fill_archive(settings, args.symbols, args.bars)
+        snap = await snapshot_values(settings, args.snapshot)
+        scanner = ServiceChild(settings, "scanner", Path(tmp) / "scanner.log",
+                               TECHNIC_LOG_LEVEL="WARNING")  # fmt: skip
+        await scanner.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not await scanner.ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"scanner not ready:\n{scanner.log_tail()}")
+                await asyncio.sleep(0.2)
+            cold, warm, snapshot = [], [], []
+            for i in range(args.runs):
+                await invalidate(settings)
+                t, res = await timed_scan(settings, req(f"cold{i}", RULE, universe="all",
+                                                        mode="history", start=start))  # fmt: skip
+                cold.append(t)
+                print(f"  cold {t:.2f} s: {res.total_matches:,} matches in "
+                      f"{res.symbols_scanned:,} symbols", file=sys.stderr)  # fmt: skip
+                t, res2 = await timed_scan(settings, req(f"warm{i}", RULE, universe="all",
+                                                         mode="history", start=start))  # fmt: skip
+                assert res2.total_matches == res.total_matches
+                warm.append(t)
+                print(f"  warm {t:.2f} s", file=sys.stderr)
+                t, res3 = await timed_scan(settings, req(f"snap{i}", SNAPSHOT_RULE.replace(
+                    "rsi_14", "rsi(14)").replace("sma_50", "sma(50)"), symbols=snap))  # fmt: skip
+                snapshot.append(t)
+                print(f"  snapshot {t * 1000:.0f} ms: {res3.total_matches:,} of "
+                      f"{res3.symbols_scanned:,}", file=sys.stderr)  # fmt: skip
+        finally:
+            scanner.signal(15)
+            await asyncio.wait_for(scanner.wait(), 60)
+    print(f"\n{args.symbols:,} symbols x {args.bars} daily bars, rule `{RULE}`, "
+          f"{args.runs} runs\n")  # fmt: skip
+    print("| scan | median | runs | target |")
+    print("|---|---:|---|---|")
+    fmt = ", ".join
+    print(f"| history, cold (MongoDB) | {statistics.median(cold):.2f} s | "
+          f"{fmt(f'{x:.2f}' for x in cold)} | ≤ 10 s |")  # fmt: skip
+    print(f"| history, warm (Redis cache) | {statistics.median(warm):.2f} s | "
+          f"{fmt(f'{x:.2f}' for x in warm)} | ≤ 1 s |")  # fmt: skip
+    print(f"| snapshot, {args.snapshot:,} symbols | {statistics.median(snapshot) * 1000:.0f} ms "
+          f"| {fmt(f'{x * 1000:.0f}' for x in snapshot)} | ≤ 100 ms |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
