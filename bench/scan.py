@@ -69,12 +69,14 @@ async def fill_archive(settings: Settings, symbols: int, bars: int) -> tuple[lis
     return list(market.symbols), int(steps[bars // 3].ts)
 
 
-async def invalidate(settings: Settings) -> None:
+async def invalidate(settings: Settings, i: int) -> None:
+    """Write a new bar (a different one each time: an identical bar writes nothing)."""
     mongo = mongo_client(settings)
     try:
         await BarArchive(mongo[settings.mongo_db]).write(
-            "1d", ["ZZBENCH"], np.array([86_400_000]), *(np.array([1.0]),) * 4, np.array([1.0])
-        )
+            "1d", ["ZZBENCH"], np.array([86_400_000 * (i + 1)]), *(np.array([1.0]),) * 4,
+            np.array([1.0]),
+        )  # fmt: skip
     finally:
         await mongo.close()
 
@@ -156,7 +158,7 @@ async def main() -> None:
                 await asyncio.sleep(0.2)
             cold, warm, snapshot = [], [], []
             for i in range(args.runs):
-                await invalidate(settings)
+                await invalidate(settings, i)
                 t, res = await timed_scan(settings, req(f"cold{i}", RULE, universe="all",
                                                         mode="history", start=start))  # fmt: skip
                 cold.append(t)

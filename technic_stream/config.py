@@ -183,12 +183,9 @@ class Settings(BaseSettings):
 
     # Scans.
     scan_chunk_symbols: int = Field(
-        default=250, ge=1, le=20_000, description="symbols per chunk (the unit of checkpoints)"
+        default=500, ge=1, le=20_000, description="symbols per chunk (the unit of checkpoints)"
     )
     scan_concurrency: int = Field(default=2, ge=1, le=64, description="scans run at once")
-    scan_read_concurrency: int = Field(
-        default=8, ge=1, le=256, description="archive reads in flight per scan"
-    )
     scan_snapshot_chunk_symbols: int = Field(
         default=5_000, ge=1, le=20_000, description="symbols per chunk of snapshot scans"
     )

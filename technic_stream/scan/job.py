@@ -178,6 +178,7 @@ class ScanJob:
             unknown_symbols=unknown[:10_000], ts=_now_ms(),
         )  # fmt: skip
         await self._emit_result(final)
+        await self._progress(status, force=True)  # stored before the status says finished
         await db["scans"].update_one(
             {"_id": req.scan_id},
             {"$set": {"status": status, "total_matches": total_matches,
@@ -186,7 +187,6 @@ class ScanJob:
                       "finished_at": datetime.now(UTC),
                       "seconds": round(time.monotonic() - self._started, 3)}},
         )  # fmt: skip
-        await self._progress(status, force=True)
         await self.ctx.redis.expire(self._chunks_key, 86_400)
         return status
 
@@ -195,11 +195,11 @@ class ScanJob:
         res = ScanResult(scan_id=req.scan_id, owner=req.owner, status="failed", error=error,
                          ts=_now_ms())  # fmt: skip
         await self._emit_result(res)
+        await self._progress("failed", force=True)
         await self.ctx.db["scans"].update_one(
             {"_id": req.scan_id},
             {"$set": {"status": "failed", "error": error, "finished_at": datetime.now(UTC)}},
         )
-        await self._progress("failed", force=True)
         return "failed"
 
     # -- stages ----------------------------------------------------------------------------
@@ -312,17 +312,8 @@ class ScanJob:
                 out[sym] = _unpack(blob if isinstance(blob, bytes) else blob.encode())
         self.cache_hits += len(symbols) - len(missing)
         self.cache_misses += len(missing)
-        sem = asyncio.Semaphore(s.scan_read_concurrency)
-        step = max(1, -(-len(missing) // s.scan_read_concurrency))  # a query per slice
-
-        async def some(group: list[str]) -> dict[str, dict[str, np.ndarray]]:
-            async with sem:
-                return await archive.read_many(group, self.req.tf, None, end)
-
-        loaded: dict[str, dict[str, np.ndarray]] = {}
-        parts = [missing[i : i + step] for i in range(0, len(missing), step)]
-        for got in await asyncio.gather(*(some(g) for g in parts)):
-            loaded.update(got)
+        # one query for the chunk: the archive's per-query cost dominates small reads
+        loaded = await archive.read_many(missing, self.req.tf, None, end) if missing else {}
         out.update(loaded)
         if loaded and s.scan_cache_ttl_s:
             by_sym = dict(zip(symbols, keys, strict=True))
