@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/scan.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export
