@@ -18,6 +18,7 @@ before every chunk: the scan stops within one chunk and keeps what it found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -75,6 +76,9 @@ class ScanInterrupted(Exception):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+_Loaded = tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]
 
 
 class _Found:
@@ -157,18 +161,29 @@ class ScanJob:
                 self.done += len(chunks[i])
         self.matches = await self._stored_match_count()
         status = "done"
-        for i, chunk in enumerate(chunks):
-            if i in done_chunks:
-                continue
-            if self.stopping():
-                raise ScanInterrupted(req.scan_id)
-            if self.cancelled():
-                status = "cancelled"
-                break
-            found = await self._chunk(rules, chunk)
-            await self._checkpoint(i, found)
-            self.recomputed_chunks += 1
-            await self._partial(i, found)
+        todo = [i for i in range(len(chunks)) if i not in done_chunks]
+        # the next chunk's data loads while this one computes (the kernels run in a thread)
+        loading: asyncio.Task[_Loaded] | None = None
+        try:
+            for n, i in enumerate(todo):
+                if self.stopping():
+                    raise ScanInterrupted(req.scan_id)
+                if self.cancelled():
+                    status = "cancelled"
+                    break
+                data = await (loading or self._load(rules, chunks[i]))
+                loading = None
+                if n + 1 < len(todo):
+                    loading = asyncio.create_task(self._load(rules, chunks[todo[n + 1]]))
+                found = await self._compute_chunk(rules, chunks[i], data)
+                await self._checkpoint(i, found)
+                self.recomputed_chunks += 1
+                await self._partial(i, found)
+        finally:
+            if loading is not None:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loading
         await self._progress("rank", force=True)
         top, total_matches, scanned = await self._ranked(rules)
         await self._progress("finalize", force=True)
@@ -257,7 +272,7 @@ class ScanJob:
                 self._prefetched = {s: table[i] for i, (s, _) in enumerate(full)}
         return {s for s, _ in have}
 
-    async def _chunk(self, rules: RuleSet, chunk: list[str]) -> _Found:
+    async def _load(self, rules: RuleSet, chunk: list[str]) -> _Loaded:
         self.current = chunk[0]
         await self._progress("load_data")
         if self.req.mode == "snapshot":
@@ -265,12 +280,14 @@ class ScanJob:
             missing = [s for s in chunk if s not in latest]
         else:
             latest, missing = {}, list(chunk)
-        series = await self._series(missing)
+        return latest, await self._series(missing)
+
+    async def _compute_chunk(self, rules: RuleSet, chunk: list[str], data: _Loaded) -> _Found:
         if self._compute_started is None:
             self._compute_started = time.monotonic()
             self._done_at_compute_start = self.done
         await self._progress("compute")
-        found = await asyncio.to_thread(self._compute, rules, chunk, latest, series)
+        found = await asyncio.to_thread(self._compute, rules, chunk, *data)
         self.done += len(chunk)
         self.matches += len(found.rows)
         self.current = chunk[-1]
