@@ -245,32 +245,36 @@ class ScanJob:
         )
         return set(found)
 
-    async def _hmget_many(self, symbols: list[str], fields: list[str]) -> list[list[Any]]:
-        """HMGET of each symbol's ``ind:{tf}:{symbol}`` hash, thousands per round trip (a
-        script returns them as one reply: parsing one reply per key would cost more than
-        the scan)."""
+    async def _hash_table(
+        self, symbols: list[str], fields: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``fields`` of each symbol's ``ind:{tf}:{symbol}`` hash as a float table
+        (symbols by fields) and a status per symbol: 2 every field present, 1 the hash
+        exists but lacks a field, 0 no hash. Thousands of keys per round trip, as one flat
+        reply converted in one NumPy pass (a reply per key would cost more than the scan)."""
         prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
-        rows: list[list[Any]] = []
+        tables, states = [], []
         for lo in range(0, len(symbols), _HMGET_KEYS):
             keys = [f"{prefix}ind:{tf}:{s}" for s in symbols[lo : lo + _HMGET_KEYS]]
             (reply,) = await execute(self.ctx.redis, [_HMGET_MANY.call(keys, fields)],
                                      scripts=(_HMGET_MANY,))  # fmt: skip
-            rows.extend(reply)
-        return rows
+            flat, status = reply
+            table = np.array(flat, dtype=np.bytes_).astype(np.float64)
+            tables.append(table.reshape(len(keys), len(fields)))
+            states.append(np.frombuffer(status, dtype=np.uint8) - ord("0"))
+        if not tables:
+            return np.empty((0, len(fields))), np.empty(0, np.uint8)
+        return np.concatenate(tables), np.concatenate(states)
 
     async def _with_values(self, symbols: list[str], rules: RuleSet) -> set[str]:
         """Symbols the engine has values for; the values the rule needs are kept for the
         chunks (one read for both)."""
         direct = not any(i.lag for i in rules.inputs) and bool(rules.columns)
-        fields = ["ts", *rules.columns] if direct else ["ts"]
-        rows = await self._hmget_many(symbols, fields)
-        have = [(s, row) for s, row in zip(symbols, rows, strict=True) if row[0] is not None]
+        table, status = await self._hash_table(symbols, ["ts", *rules.columns] if direct
+                                               else ["ts"])  # fmt: skip
         if direct:
-            full = [(s, row) for s, row in have if None not in row]
-            if full:  # bytes → float64 in one NumPy conversion
-                table = np.array([row for _, row in full], dtype=np.bytes_).astype(np.float64)
-                self._prefetched = {s: table[i] for i, (s, _) in enumerate(full)}
-        return {s for s, _ in have}
+            self._prefetched = {s: table[k] for k, s in enumerate(symbols) if status[k] == 2}
+        return {s for k, s in enumerate(symbols) if status[k]}
 
     async def _load(self, rules: RuleSet, chunk: list[str]) -> _Loaded:
         self.current = chunk[0]
@@ -300,13 +304,9 @@ class ScanJob:
             return {}
         if self._prefetched is not None:
             return {s: self._prefetched[s] for s in chunk if s in self._prefetched}
-        rows = await self._hmget_many(chunk, ["ts", *rules.columns])
-        out: dict[str, np.ndarray] = {}
-        for s, row in zip(chunk, rows, strict=True):
-            if row[0] is None or any(v is None for v in row[1:]):
-                continue  # no hash, or not every column: the archive answers
-            out[s] = np.array([float(v) for v in row], dtype=np.float64)
-        return out
+        table, status = await self._hash_table(chunk, ["ts", *rules.columns])
+        # no hash, or not every column: the archive answers for those
+        return {s: table[k] for k, s in enumerate(chunk) if status[k] == 2}
 
     async def _series(self, symbols: list[str]) -> dict[str, dict[str, np.ndarray]]:
         """The symbols' bars up to ``end``: from the Redis cache (key: timeframe, the
@@ -492,11 +492,27 @@ _COLS = ("open", "high", "low", "close", "volume")
 
 _HMGET_KEYS = 5_000
 _HMGET_MANY = Script("""
-local out = {}
+local flat, status, n = {}, {}, #ARGV
 for i, key in ipairs(KEYS) do
-  out[i] = redis.call('HMGET', key, unpack(ARGV))
+  local row = redis.call('HMGET', key, unpack(ARGV))
+  local missing = 0
+  for j = 1, n do
+    local v = row[j]
+    if not v then
+      missing = missing + 1
+      v = 'nan'
+    end
+    flat[#flat + 1] = v
+  end
+  if missing == 0 then
+    status[i] = '2'
+  elseif missing == n or not row[1] then
+    status[i] = '0'
+  else
+    status[i] = '1'
+  end
 end
-return out
+return {flat, table.concat(status)}
 """)
 
 
