@@ -494,16 +494,17 @@ async def add_device(request: web.Request) -> web.Response:
     return _json(_clean(doc, "device_id"), 201)
 
 
-async def delete_device(request: web.Request) -> web.Response:
+async def _delete_own(request: web.Request, collection: str, id_name: str) -> web.Response:
     who = await _principal(request)
-    res = (
-        await _gw(request)
-        .db["devices"]
-        .delete_one({"_id": request.match_info["device_id"], "owner": who.owner})
-    )
+    query = {"_id": request.match_info[id_name], "owner": who.owner}
+    res = await _gw(request).db[collection].delete_one(query)
     if res.deleted_count == 0:
-        raise Problem(404, "Not Found", "no such device of yours")
+        raise Problem(404, "Not Found", f"no such {collection[:-1]} of yours")
     return web.Response(status=204)
+
+
+async def delete_device(request: web.Request) -> web.Response:
+    return await _delete_own(request, "devices", "device_id")
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
@@ -525,15 +526,7 @@ async def add_webhook(request: web.Request) -> web.Response:
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
-    who = await _principal(request)
-    res = (
-        await _gw(request)
-        .db["webhooks"]
-        .delete_one({"_id": request.match_info["webhook_id"], "owner": who.owner})
-    )
-    if res.deleted_count == 0:
-        raise Problem(404, "Not Found", "no such webhook of yours")
-    return web.Response(status=204)
+    return await _delete_own(request, "webhooks", "webhook_id")
 
 
 # -- routes and the OpenAPI document ----------------------------------------------------

@@ -230,34 +230,15 @@ class BarArchive:
         self, symbol: str, tf: str, start: int | None = None, end: int | None = None
     ) -> dict[str, np.ndarray]:
         """One symbol's bars with ``start <= ts <= end`` as arrays (ts, open … volume)."""
-        query: dict[str, Any] = {"symbol": symbol, "tf": tf}
-        bounds: dict[str, int] = {}
-        if start is not None:
-            bounds["$gte"] = int(bucket_starts(tf, np.array([start]))[0])
-        if end is not None:
-            bounds["$lte"] = int(end)
-        if bounds:
-            query["start"] = bounds
-        parts: list[_Bucket] = []
-        async for doc in self.collection.find(query).sort("start", ASCENDING):
-            parts.append(_from_document(doc))
-        if not parts:
-            return {"ts": np.empty(0, np.int64), **_empty_cols()}
-        ts = np.concatenate([p.ts for p in parts])
-        out = {"ts": ts, **{f: np.concatenate([p.cols[f] for p in parts]) for f in FIELDS}}
-        keep = np.ones(ts.shape[0], dtype=bool)
-        if start is not None:
-            keep &= ts >= start
-        if end is not None:
-            keep &= ts <= end
-        return {k: v[keep] for k, v in out.items()}
+        return (await self.read_many([symbol], tf, start, end))[symbol]
 
     async def read_many(
         self, symbols: Sequence[str], tf: str, start: int | None = None, end: int | None = None
     ) -> dict[str, dict[str, np.ndarray]]:
         """:meth:`read` for many symbols in one query (one pass over the collection instead
         of one per symbol); symbols without bars map to empty arrays."""
-        query: dict[str, Any] = {"symbol": {"$in": list(symbols)}, "tf": tf}
+        query: dict[str, Any] = {"tf": tf}
+        query["symbol"] = symbols[0] if len(symbols) == 1 else {"$in": list(symbols)}
         bounds: dict[str, int] = {}
         if start is not None:
             bounds["$gte"] = int(bucket_starts(tf, np.array([start]))[0])
@@ -268,25 +249,26 @@ class BarArchive:
         parts: dict[str, list[_Bucket]] = {s: [] for s in symbols}
         async for doc in self.collection.find(query):
             parts.setdefault(doc["symbol"], []).append(_from_document(doc))
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for sym, buckets in parts.items():
-            buckets.sort(key=lambda b: int(b.ts[0]) if len(b.ts) else 0)
-            if not buckets:
-                out[sym] = {"ts": np.empty(0, np.int64), **_empty_cols()}
-                continue
-            ts = np.concatenate([b.ts for b in buckets])
-            cols = {f: np.concatenate([b.cols[f] for b in buckets]) for f in FIELDS}
-            keep = np.ones(ts.shape[0], dtype=bool)
-            if start is not None:
-                keep &= ts >= start
-            if end is not None:
-                keep &= ts <= end
-            out[sym] = {"ts": ts[keep], **{f: v[keep] for f, v in cols.items()}}
-        return out
+        return {sym: _join(buckets, start, end) for sym, buckets in parts.items()}
 
     async def symbols(self, tf: str) -> list[str]:
         """Every symbol with bars of ``tf`` in the archive."""
         return sorted(await self.collection.distinct("symbol", {"tf": tf}))
+
+
+def _join(buckets: list[_Bucket], start: int | None, end: int | None) -> dict[str, np.ndarray]:
+    """One symbol's buckets as arrays in time order, cut to ``start <= ts <= end``."""
+    if not buckets:
+        return {"ts": np.empty(0, np.int64), **_empty_cols()}
+    buckets.sort(key=lambda b: int(b.ts[0]) if len(b.ts) else 0)
+    ts = np.concatenate([b.ts for b in buckets])
+    keep = np.ones(ts.shape[0], dtype=bool)
+    if start is not None:
+        keep &= ts >= start
+    if end is not None:
+        keep &= ts <= end
+    cols = {f: np.concatenate([b.cols[f] for b in buckets])[keep] for f in FIELDS}
+    return {"ts": ts[keep], **cols}
 
 
 def _empty_cols() -> dict[str, np.ndarray]:
