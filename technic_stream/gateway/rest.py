@@ -17,14 +17,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
 from technic_stream.gateway import metrics as m
 from technic_stream.gateway.auth import AuthError, Principal
 from technic_stream.messages import (
-    AlertMode,
     AlertRule,
-    DeliveryChannel,
     EpochMs,
     Ident,
     RuleText,
@@ -57,26 +62,19 @@ class TokenBody(_Body):
     api_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-class RuleBody(_Body):
-    """An alert rule as a client writes it (owner, id and version are the gateway's)."""
-
-    name: Annotated[str, StringConstraints(max_length=200)] | None = None
-    expr: RuleText
-    symbols: Annotated[list[Symbol], Field(max_length=20_000)] | None = None
-    universe: Ident | None = None
-    tf: Timeframe = "1d"
-    mode: AlertMode = "once_per_bar_close"
-    cooldown_s: Annotated[int, Field(strict=True, ge=0, le=31_536_000)] = 0
-    expires_at: EpochMs | None = None
-    channels: Annotated[list[DeliveryChannel], Field(min_length=1, max_length=3)] = ["ws"]
-    message: Annotated[str, StringConstraints(max_length=1_000)] | None = None
-    active: bool = True
-    throttle_max: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 15
-    throttle_window_s: Annotated[int, Field(strict=True, ge=1, le=86_400)] = 180
-
-
-class NewRuleBody(RuleBody):
-    rule_id: Ident | None = None
+#: AlertRule's fields a client writes (owner, id and version are the gateway's): taken
+#: from the message model itself, so the two can never drift apart
+_RULE_FIELDS: dict[str, Any] = {
+    name: (f.annotation, f)
+    for name, f in AlertRule.model_fields.items()
+    if name not in ("type", "v", "rule_id", "owner", "ts")
+}
+RuleBody: type[_Body] = create_model(
+    "RuleBody", __base__=_Body, __doc__="An alert rule as a client writes it.", **_RULE_FIELDS
+)
+NewRuleBody: type[_Body] = create_model(
+    "NewRuleBody", __base__=RuleBody, rule_id=(Ident | None, None)
+)
 
 
 class ScanBody(_Body):
@@ -355,7 +353,7 @@ async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]
     return doc
 
 
-async def _save_rule(gw: Gateway, who: Principal, rule_id: str, body: RuleBody) -> AlertRule:
+async def _save_rule(gw: Gateway, who: Principal, rule_id: str, body: Any) -> AlertRule:
     _check_rule(body.expr, "expr")
     try:
         rule = AlertRule(rule_id=rule_id, owner=who.owner, ts=_now_ms(), **body.model_dump())
@@ -376,7 +374,7 @@ async def list_rules(request: web.Request) -> web.Response:
 async def create_rule(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
-    body: NewRuleBody = await _body(request, NewRuleBody)
+    body = await _body(request, NewRuleBody)
     rule_id = body.rule_id or f"r-{uuid.uuid4().hex[:16]}"
     if await gw.db["alert_rules"].find_one({"_id": rule_id}, {"_id": 1}) is not None:
         raise Problem(409, "Conflict", f"rule {rule_id} exists; PUT replaces it")
@@ -397,7 +395,7 @@ async def put_rule(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
     rule_id = request.match_info["rule_id"]
-    body: RuleBody = await _body(request, RuleBody)
+    body = await _body(request, RuleBody)
     existing = await gw.db["alert_rules"].find_one({"_id": rule_id}, {"owner": 1})
     if existing is not None and existing["owner"] != who.owner:
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
