@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import Counter
 from pymongo.asynchronous.database import AsyncDatabase
 
 from technic_stream.config import Settings
@@ -50,6 +51,10 @@ from technic_stream.topics import topic_name
 __all__ = ["ScanContext", "ScanInterrupted", "ScanJob"]
 
 log = logging.getLogger(__name__)
+
+CHUNKS_COMPUTED = Counter(
+    "technic_scan_chunks_computed", "Scan chunks computed (not taken from a checkpoint)"
+)
 
 FINAL = ("done", "failed", "cancelled")
 #: matches a partial result message carries (every one is kept in ``scan_chunks`` and ranked)
@@ -178,6 +183,7 @@ class ScanJob:
                 found = await self._compute_chunk(rules, chunks[i], data)
                 await self._checkpoint(i, found)
                 self.recomputed_chunks += 1
+                CHUNKS_COMPUTED.inc()
                 await self._partial(i, found)
         finally:
             if loading is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -293,3 +294,56 @@ async def test_loaded_bars_are_cached_until_the_archive_changes(sample_archive):
         await submit(settings, request("k3", rule, mode="history", start=START_2012))
         third = await scan_doc(settings, "k3")
         assert third["progress"]["cache_misses"] == 5
+
+
+async def test_kill_9_mid_scan_resumes_on_another_worker_without_recomputing_checkpoints(
+    settings, tmp_path
+):
+    from technic_stream.local.service import ServiceChild
+
+    symbols = await _synthetic_archive(settings, 200, 150)
+    req = request("k9", "close > sma(20) rank by close desc", mode="history", start=0,
+                  limit=20)  # fmt: skip
+    chunks_key = f"{settings.redis_prefix}scan:k9:chunks"
+
+    def worker(name: str) -> ServiceChild:
+        return ServiceChild(settings, "scanner", tmp_path / f"{name}.log",
+                            TECHNIC_SCAN_CHUNK_SYMBOLS="5")  # fmt: skip
+
+    async def until(cond, what: str, child: ServiceChild) -> None:
+        async with asyncio.timeout(90):
+            while not await cond():
+                assert child.proc is not None and child.proc.returncode is None, child.log_tail()
+                await asyncio.sleep(0.02)
+
+    redis = redis_client(settings)
+    first, second = worker("first"), worker("second")
+    try:
+        await first.start()
+        await until(first.ready, "the first worker", first)
+        await submit(settings, req)
+
+        async def some_done() -> bool:
+            return await redis.scard(chunks_key) >= 4
+
+        await until(some_done, "a few checkpointed chunks", first)
+        first.signal(signal.SIGKILL)
+        await first.wait()
+        checkpointed = await redis.scard(chunks_key)
+        assert 4 <= checkpointed < 40
+        await second.start()
+        await until(second.ready, "the second worker", second)
+        doc = await scan_doc(settings, "k9", within=90)
+        assert doc["status"] == "done"
+        computed = await second.metric("technic_scan_chunks_computed_total")
+        assert computed == 40 - checkpointed  # the checkpointed chunks were not redone
+    finally:
+        for child in (first, second):
+            if child.proc is not None and child.proc.returncode is None:
+                child.signal(signal.SIGTERM)
+                await asyncio.wait_for(child.wait(), 30)
+        await redis.aclose()
+    expected = await reference_matches(settings, req.rule, symbols, "1d", 0)
+    assert doc["total_matches"] == len(expected) and doc["symbols_scanned"] == 200
+    best = sorted(expected, key=lambda m: (-m[2], m[0], m[1]))[:20]
+    assert [(m["symbol"], m["ts"]) for m in doc["top"]] == [(s, t) for s, t, _ in best]
