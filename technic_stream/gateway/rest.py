@@ -20,7 +20,6 @@ from aiohttp import web
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Field,
     StringConstraints,
     ValidationError,
     create_model,
@@ -30,12 +29,9 @@ from technic_stream.gateway import metrics as m
 from technic_stream.gateway.auth import AuthError, Principal
 from technic_stream.messages import (
     AlertRule,
-    EpochMs,
     Ident,
-    RuleText,
     ScanControl,
     ScanRequest,
-    Symbol,
     Timeframe,
     encode,
 )
@@ -62,31 +58,29 @@ class TokenBody(_Body):
     api_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
-#: AlertRule's fields a client writes (owner, id and version are the gateway's): taken
-#: from the message model itself, so the two can never drift apart
-_RULE_FIELDS: dict[str, Any] = {
-    name: (f.annotation, f)
-    for name, f in AlertRule.model_fields.items()
-    if name not in ("type", "v", "rule_id", "owner", "ts")
-}
-RuleBody: type[_Body] = create_model(
-    "RuleBody", __base__=_Body, __doc__="An alert rule as a client writes it.", **_RULE_FIELDS
-)
+def _body_of(
+    message: type[BaseModel], name: str, server_side: tuple[str, ...], **extra: Any
+) -> type[_Body]:
+    """A request body with ``message``'s fields except those the gateway fills in: taken
+    from the message model itself, so the two can never drift apart."""
+    fields: dict[str, Any] = {
+        n: (f.annotation, f)
+        for n, f in message.model_fields.items()
+        if n not in ("type", "v", *server_side)
+    }
+    return create_model(name, __base__=_Body, __doc__=f"A {message.__name__} as a client "
+                        "writes it.", **fields, **extra)  # fmt: skip
+
+
+RuleBody: type[_Body] = _body_of(AlertRule, "RuleBody", ("rule_id", "owner", "ts"))
 NewRuleBody: type[_Body] = create_model(
     "NewRuleBody", __base__=RuleBody, rule_id=(Ident | None, None)
 )
 
 
-class ScanBody(_Body):
-    scan_id: Ident | None = None
-    rule: RuleText
-    universe: Ident | None = None
-    symbols: Annotated[list[Symbol], Field(max_length=20_000)] | None = None
-    tf: Timeframe = "1d"
-    mode: Literal["snapshot", "history"] = "snapshot"
-    start: EpochMs | None = None
-    end: EpochMs | None = None
-    limit: Annotated[int, Field(strict=True, ge=1, le=10_000)] = 100
+ScanBody: type[_Body] = _body_of(
+    ScanRequest, "ScanBody", ("scan_id", "owner", "ts"), scan_id=(Ident | None, None)
+)
 
 
 class DeviceBody(_Body):
@@ -420,7 +414,7 @@ async def delete_rule(request: web.Request) -> web.Response:
 async def submit_scan(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
-    body: ScanBody = await _body(request, ScanBody)
+    body = await _body(request, ScanBody)
     _check_rule(body.rule, "rule")
     scan_id = body.scan_id or f"s-{uuid.uuid4().hex[:16]}"
     try:
