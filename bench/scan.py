@@ -32,7 +32,7 @@ from technic_stream.kafka import Producer, ensure_topics  # noqa: E402
 from technic_stream.local import LocalStack  # noqa: E402
 from technic_stream.local.service import ServiceChild  # noqa: E402
 from technic_stream.marketdata.synth import SynthConfig, SyntheticMarket  # noqa: E402
-from technic_stream.messages import ScanRequest, ScanResult, decode, encode  # noqa: E402
+from technic_stream.messages import ScanProgress, ScanRequest, ScanResult, decode, encode  # noqa: E402
 from technic_stream.redis import redis_client  # noqa: E402
 from technic_stream.storage import mongo_client  # noqa: E402
 from technic_stream.storage.bars import BarArchive  # noqa: E402
@@ -81,14 +81,29 @@ async def invalidate(settings: Settings, i: int) -> None:
         await mongo.close()
 
 
-async def timed_scan(settings: Settings, req: ScanRequest) -> tuple[float, ScanResult]:
-    topic = topic_name(settings.topic_prefix, "scan.results")
+async def timed_scan(
+    settings: Settings, req: ScanRequest, scanner: ServiceChild, within: float = 300
+) -> tuple[tuple[float, ScanResult], list[ScanProgress]]:
+    try:
+        return await asyncio.wait_for(_followed_scan(settings, req), within)
+    except TimeoutError:
+        raise TimeoutError(f"no result for {req.scan_id} in {within} s; the scanner's log:\n"
+                           f"{scanner.log_tail()}") from None  # fmt: skip
+
+
+async def _followed_scan(
+    settings: Settings, req: ScanRequest
+) -> tuple[tuple[float, ScanResult], list[ScanProgress]]:
+    """Send ``req``; the seconds to its final result, the result, and its progress events."""
+    topics = [topic_name(settings.topic_prefix, t) for t in ("scan.results", "scan.progress")]
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                                 enable_auto_commit=False, fetch_max_wait_ms=5)  # fmt: skip
     await consumer.start()
+    progress: list[ScanProgress] = []
     try:
         await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = [TopicPartition(t, p) for t in topics
+               for p in sorted(consumer.partitions_for_topic(t) or [])]  # fmt: skip
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -99,14 +114,30 @@ async def timed_scan(settings: Settings, req: ScanRequest) -> tuple[float, ScanR
                                          encode(req), key=req.scan_id.encode())  # fmt: skip
             while True:
                 batch = await consumer.getmany(timeout_ms=50)
-                for records in batch.values():
+                for tp, records in batch.items():
                     for r in records:
-                        if r.key == req.scan_id.encode():
-                            res = decode(r.value, ScanResult)
-                            if res.status != "partial":
-                                return time.perf_counter() - t0, res
+                        if r.key != req.scan_id.encode():
+                            continue
+                        if tp.topic == topics[1]:
+                            progress.append(decode(r.value, ScanProgress))
+                            continue
+                        res = decode(r.value, ScanResult)
+                        if res.status != "partial":
+                            return (time.perf_counter() - t0, res), progress
     finally:
         await consumer.stop()
+
+
+def eta_error(progress: list[ScanProgress]) -> float | None:
+    """Median relative error of the ETAs shown at 45-55 % against the time that was left
+    (progress timestamps are the worker's clock, so both ends are measured alike)."""
+    end = next((p for p in progress if p.stage == "done"), None)
+    around = [p for p in progress if p.stage == "compute" and 45 <= p.percent <= 55]
+    if end is None:
+        return None
+    errors = [abs(p.eta_ms - (end.ts - p.ts)) / max(1, end.ts - p.ts)
+              for p in around if p.eta_ms is not None]  # fmt: skip
+    return statistics.median(errors) if errors else None
 
 
 async def snapshot_values(settings: Settings, n: int) -> list[str]:
@@ -156,21 +187,25 @@ async def main() -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"scanner not ready:\n{scanner.log_tail()}")
                 await asyncio.sleep(0.2)
-            cold, warm, snapshot = [], [], []
+            cold, warm, snapshot, etas = [], [], [], []
             for i in range(args.runs):
                 await invalidate(settings, i)
-                t, res = await timed_scan(settings, req(f"cold{i}", RULE, universe="all",
-                                                        mode="history", start=start))  # fmt: skip
+                history = {"universe": "all", "mode": "history", "start": start}
+                (t, res), progress = await timed_scan(settings, req(f"cold{i}", RULE, **history),
+                                                      scanner)  # fmt: skip
                 cold.append(t)
+                if (err := eta_error(progress)) is not None:
+                    etas.append(err)
                 print(f"  cold {t:.2f} s: {res.total_matches:,} matches in "
                       f"{res.symbols_scanned:,} symbols", file=sys.stderr)  # fmt: skip
-                t, res2 = await timed_scan(settings, req(f"warm{i}", RULE, universe="all",
-                                                         mode="history", start=start))  # fmt: skip
+                (t, res2), _ = await timed_scan(settings, req(f"warm{i}", RULE, **history),
+                                                scanner)  # fmt: skip
                 assert res2.total_matches == res.total_matches
                 warm.append(t)
                 print(f"  warm {t:.2f} s", file=sys.stderr)
-                t, res3 = await timed_scan(settings, req(f"snap{i}", SNAPSHOT_RULE.replace(
-                    "rsi_14", "rsi(14)").replace("sma_50", "sma(50)"), symbols=snap))  # fmt: skip
+                rule = SNAPSHOT_RULE.replace("rsi_14", "rsi(14)").replace("sma_50", "sma(50)")
+                (t, res3), _ = await timed_scan(settings, req(f"snap{i}", rule, symbols=snap),
+                                                scanner)  # fmt: skip
                 snapshot.append(t)
                 print(f"  snapshot {t * 1000:.0f} ms: {res3.total_matches:,} of "
                       f"{res3.symbols_scanned:,}", file=sys.stderr)  # fmt: skip
@@ -188,6 +223,9 @@ async def main() -> None:
           f"{fmt(f'{x:.2f}' for x in warm)} | ≤ 1 s |")  # fmt: skip
     print(f"| snapshot, {args.snapshot:,} symbols | {statistics.median(snapshot) * 1000:.0f} ms "
           f"| {fmt(f'{x * 1000:.0f}' for x in snapshot)} | ≤ 100 ms |")  # fmt: skip
+    if etas:
+        print(f"| ETA error at 50 %, cold scans | {statistics.median(etas) * 100:.1f} % | "
+              f"{fmt(f'{x * 100:.1f}' for x in etas)} | ≤ 10 % |")  # fmt: skip
 
 
 if __name__ == "__main__":

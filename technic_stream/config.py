@@ -192,6 +192,21 @@ class Settings(BaseSettings):
     scan_cache_ttl_s: int = Field(
         default=600, ge=0, le=604_800, description="how long loaded bar arrays stay in Redis"
     )
+    scan_compute_slots: int = Field(
+        default=2, ge=1, le=64,
+        description="chunks computed at once per worker (scans take turns chunk by chunk)",
+    )  # fmt: skip
+    scan_queue_max: int = Field(
+        default=64, ge=1, le=10_000, description="scan requests a worker takes in at once"
+    )
+    scan_shard_min_chunks: int = Field(
+        default=4, ge=2, le=100_000,
+        description="history scans of at least this many chunks are offered to the group",
+    )  # fmt: skip
+    scan_worker_ttl_s: float = Field(
+        default=10.0, gt=0, le=600,
+        description="a scan worker's liveness: its chunk claims lapse this long after it dies",
+    )  # fmt: skip
     scan_progress_hz: float = Field(
         default=10.0, gt=0, le=100, description="most progress events per second per scan"
     )

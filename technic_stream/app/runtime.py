@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -12,12 +13,34 @@ __all__ = ["install_stop_signals", "run", "settle_gc"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 
 def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``; shutdown is the caller's orderly job."""
+    """SIGTERM and SIGINT only set ``stop``; shutdown is the caller's orderly job.
+    SIGUSR1 logs where every asyncio task of the process is waiting (a stuck service
+    explains itself without a debugger)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """Log every task of the running loop with the frames it is suspended in."""
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        frames: list[str] = []
+        coro: Any = task.get_coro()
+        while coro is not None and len(frames) < 30:  # down the chain of awaits
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                frames.append(repr(coro)[:120])
+                break
+            frames.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        log.warning("task", extra={"task": task.get_name(), "frames": frames})
+    log.warning("tasks dumped", extra={"tasks": len(tasks)})
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

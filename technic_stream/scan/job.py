@@ -4,9 +4,19 @@ The universe is cut into chunks of ``scan_chunk_symbols``. Each chunk is loaded
 (``history``: the symbols' bars from the MongoDB archive, a few at a time; ``snapshot``:
 the engine's latest values from Redis, or the archive where they cannot answer the rule),
 computed off the event loop (the batch kernels and the compiled rule over the chunk), and
-*checkpointed*: its matches go to MongoDB ``scan_chunks`` and its index to the Redis set
-``scan:{id}:chunks``. A redelivered request (the worker died) skips checkpointed chunks;
-a finished scan is never recomputed (its ``scans`` document says so).
+*checkpointed*: its matches go to MongoDB ``scan_chunks`` and its counts to the Redis hash
+``scan:{id}:chunks`` (field = chunk index). A redelivered request (the worker died) skips
+checkpointed chunks; a finished scan is never recomputed (its ``scans`` document says so).
+
+**Sharding.** A history scan of at least ``scan_shard_min_chunks`` chunks is also offered
+to the group: one ``ScanTask`` per chunk on ``scan.tasks`` (key ``scan_id:chunk``). Every
+worker computes chunks it can *claim* (``scan:{id}:claim:{n}``, one Lua call that also
+refuses a checkpointed chunk, a cancelled or a finished scan): the coordinator — the worker
+that took the request — walks the chunks from the front, helpers from the back, so they
+rarely meet. A claim is held as long as its worker's liveness key (``scan:worker:{id}``,
+refreshed every third of ``scan_worker_ttl_s``) lives; the claims of a dead worker are
+taken over by whoever asks next. The coordinator reports progress from the checkpoint hash,
+takes over what nobody finishes, then ranks and finalizes.
 
 Progress (``ScanProgress`` to ``scan.progress`` and the channel ``scan.{id}``) goes out at
 most ``scan_progress_hz`` times a second and always on a stage change and at the end;
@@ -22,8 +32,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,11 +52,13 @@ from technic_stream.messages import (
     ScanProgress,
     ScanRequest,
     ScanResult,
+    ScanTask,
     encode,
 )
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.resp import Script, execute
 from technic_stream.rules import RuleError, RuleSet, compile_rules
+from technic_stream.scan.eta import Eta
 from technic_stream.storage.bars import BarArchive
 from technic_stream.topics import topic_name
 
@@ -55,10 +69,13 @@ log = logging.getLogger(__name__)
 CHUNKS_COMPUTED = Counter(
     "technic_scan_chunks_computed", "Scan chunks computed (not taken from a checkpoint)"
 )
+TASKS_PUBLISHED = Counter("technic_scan_tasks_published", "Chunk tasks offered to the group")
 
 FINAL = ("done", "failed", "cancelled")
 #: matches a partial result message carries (every one is kept in ``scan_chunks`` and ranked)
 PARTIAL_MATCHES = 1_000
+#: a claim outlives any chunk; a dead worker's claims are freed by its liveness key instead
+CLAIM_TTL_S = 3_600
 
 
 @dataclass
@@ -68,10 +85,23 @@ class ScanContext:
     db: AsyncDatabase[Any]
     producer: Producer
     publisher: ChannelPublisher
+    worker_id: str = "local"
+    #: chunks this process computed, per scan (coordinator and helper runs alike)
+    computed: Tally[str] = field(default_factory=Tally)
+    #: chunk computations at once in this process; waiters are served first come first
+    #: served, so concurrent scans take turns chunk by chunk
+    compute_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
     @property
     def archive(self) -> BarArchive:
         return BarArchive(self.db)
+
+    def key(self, scan_id: str, suffix: str) -> str:
+        return f"{self.settings.redis_prefix}scan:{scan_id}:{suffix}"
+
+    @property
+    def worker_prefix(self) -> str:
+        return f"{self.settings.redis_prefix}scan:worker:"
 
 
 class ScanInterrupted(Exception):
@@ -83,7 +113,31 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-_Loaded = tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]
+@dataclass
+class _Loaded:
+    latest: dict[str, np.ndarray]
+    series: dict[str, dict[str, np.ndarray]]
+    hits: int = 0
+    misses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkStats:
+    """What a checkpointed chunk counted (stored as ``"scanned matches hits misses"``)."""
+
+    scanned: int
+    matches: int
+    hits: int
+    misses: int
+
+    def pack(self) -> str:
+        return f"{self.scanned} {self.matches} {self.hits} {self.misses}"
+
+    @classmethod
+    def unpack(cls, raw: bytes | str) -> _ChunkStats:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        a, b, c, d = (int(x) for x in text.split())
+        return cls(a, b, c, d)
 
 
 class _Found:
@@ -95,61 +149,86 @@ class _Found:
 
 
 class ScanJob:
+    """One scan's run. As *coordinator* (:meth:`run`) it owns the scan: universe,
+    progress, ranking, the final result. As *helper* (:meth:`help`) it computes the chunks
+    of tasks it was given that it can claim, and nothing else."""
+
     def __init__(
         self,
         ctx: ScanContext,
         req: ScanRequest,
         cancelled: Callable[[], bool],
         stopping: Callable[[], bool] = lambda: False,
+        *,
+        helper: bool = False,
     ) -> None:
         self.ctx = ctx
         self.req = req
         self.cancelled = cancelled
         self.stopping = stopping
+        self.helper = helper
         s = ctx.settings
         self.chunk_size = (
             s.scan_snapshot_chunk_symbols if req.mode == "snapshot" else s.scan_chunk_symbols
         )
-        self.cache_hits = 0
-        self.cache_misses = 0
         self._gen: int | None = None
         # a snapshot scan takes milliseconds: its chunks are kept in memory, not
         # checkpointed (a redelivered unfinished snapshot simply runs again)
-        self._memory: list[dict[str, Any]] | None = [] if req.mode == "snapshot" else None
+        self._memory: list[list[dict[str, Any]]] | None = [] if req.mode == "snapshot" else None
         self._last_stored = 0.0
         self._prefetched: dict[str, np.ndarray] | None = None
         self._min_gap = 1.0 / s.scan_progress_hz
         self._last_progress = 0.0
         self._stage = "queued"
-        self.done = 0
+        self._sizes: dict[int, int] = {}
+        self._stats: dict[int, _ChunkStats] = {}  # checkpointed chunks, by anyone
+        self._held: set[int] = set()  # chunks this run has claimed and not finished
+        self._claimant = f"{ctx.worker_id}/{uuid.uuid4().hex[:8]}"
+        self._halted = False  # a claim was refused because the scan is cancelled or over
         self.total = 0
-        self.matches = 0
         self.current: str | None = None
         self._started = time.monotonic()
-        self._compute_started: float | None = None
-        self._done_at_compute_start = 0
+        self.eta = Eta()
         self.recomputed_chunks = 0  # chunks computed by this run (not from a checkpoint)
-        prefix = s.redis_prefix
-        self._chunks_key = f"{prefix}scan:{req.scan_id}:chunks"
+        self._chunks_key = ctx.key(req.scan_id, "chunks")
+        self._tops_key = ctx.key(req.scan_id, "tops")
         self.channel = f"scan.{req.scan_id}"
+
+    # -- counts (from the checkpoints, so they hold whoever computed a chunk) --------------
+
+    @property
+    def done(self) -> int:
+        return sum(self._sizes.get(i, 0) for i in self._stats)
+
+    @property
+    def matches(self) -> int:
+        return sum(c.matches for c in self._stats.values())
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(c.hits for c in self._stats.values())
+
+    @property
+    def cache_misses(self) -> int:
+        return sum(c.misses for c in self._stats.values())
+
+    async def _refresh(self) -> None:
+        if self._memory is not None:
+            return
+        raw = await self.ctx.redis.hgetall(self._chunks_key)
+        self._stats = {int(k): _ChunkStats.unpack(v) for k, v in raw.items()}
 
     # -- the run ---------------------------------------------------------------------------
 
-    async def run(self) -> str:
-        """Run (or resume) the scan; its final status."""
+    async def run(self, *, checked: bool = False) -> str:
+        """Run (or resume) the scan; its final status. ``checked``: the caller has just
+        found that the scan has not finished (:meth:`finished_status`)."""
         req, db = self.req, self.ctx.db
-        doc = await db["scans"].find_one({"_id": req.scan_id}, {"status": 1})
-        if doc is not None and doc.get("status") in FINAL:
+        if not checked and (finished := await self.finished_status()) is not None:
             log.info("scan already finished; not recomputed",
-                     extra={"scan_id": req.scan_id, "status": doc["status"]})  # fmt: skip
-            return str(doc["status"])
-        await db["scans"].update_one(
-            {"_id": req.scan_id},
-            {"$set": {"owner": req.owner, "status": "running",
-                      "request": req.model_dump(mode="json", exclude={"type", "v"})},
-             "$setOnInsert": {"submitted_at": datetime.now(UTC)}},
-            upsert=True,
-        )  # fmt: skip
+                     extra={"scan_id": req.scan_id, "status": finished})  # fmt: skip
+            return finished
+        await self._store_request("running")
         try:
             rules = compile_rules([req.rule])
         except RuleError as exc:
@@ -159,37 +238,32 @@ class ScanJob:
         if symbols is None:
             return await self._fail(f"unknown universe {req.universe!r}")
         self.total = len(symbols)
-        chunks = [symbols[i : i + self.chunk_size] for i in range(0, len(symbols), self.chunk_size)]
-        done_chunks = {int(x) for x in await self.ctx.redis.smembers(self._chunks_key)}
-        for i in done_chunks:
-            if i < len(chunks):
-                self.done += len(chunks[i])
-        self.matches = await self._stored_match_count()
-        status = "done"
-        todo = [i for i in range(len(chunks)) if i not in done_chunks]
-        # the next chunk's data loads while this one computes (the kernels run in a thread)
-        loading: asyncio.Task[_Loaded] | None = None
+        chunks = {n: symbols[i : i + self.chunk_size]
+                  for n, i in enumerate(range(0, len(symbols), self.chunk_size))}  # fmt: skip
+        self._sizes = {n: len(c) for n, c in chunks.items()}
+        await self._refresh()
+        todo = [i for i in chunks if i not in self._stats]
+        sharded = (self._memory is None
+                   and len(todo) >= self.ctx.settings.scan_shard_min_chunks)  # fmt: skip
+        ticker, ticked = None, asyncio.Event()
+        if sharded:
+            await self._offer(chunks, todo)
+            ticker = asyncio.create_task(self._tick(ticked))
         try:
-            for n, i in enumerate(todo):
+            await self._pass(rules, chunks, todo)
+            # chunks other workers hold: wait for them, take over those whose worker died
+            while not self._halted and not self.cancelled() and self._rest(chunks):
                 if self.stopping():
                     raise ScanInterrupted(req.scan_id)
-                if self.cancelled():
-                    status = "cancelled"
-                    break
-                data = await (loading or self._load(rules, chunks[i]))
-                loading = None
-                if n + 1 < len(todo):
-                    loading = asyncio.create_task(self._load(rules, chunks[todo[n + 1]]))
-                found = await self._compute_chunk(rules, chunks[i], data)
-                await self._checkpoint(i, found)
-                self.recomputed_chunks += 1
-                CHUNKS_COMPUTED.inc()
-                await self._partial(i, found)
+                await asyncio.sleep(self._min_gap)
+                await self._refresh()
+                await self._pass(rules, chunks, self._rest(chunks))
         finally:
-            if loading is not None:
-                loading.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await loading
+            if ticker is not None:  # stopped, not cancelled: a tick finishes what it sends
+                ticked.set()
+                await ticker
+        await self._refresh()
+        status = "cancelled" if self._halted or self.cancelled() else "done"
         await self._progress("rank", force=True)
         top, total_matches, scanned = await self._ranked(rules)
         await self._progress("finalize", force=True)
@@ -208,8 +282,48 @@ class ScanJob:
                       "finished_at": datetime.now(UTC),
                       "seconds": round(time.monotonic() - self._started, 3)}},
         )  # fmt: skip
-        await self.ctx.redis.expire(self._chunks_key, 86_400)
+        await self._finished()
         return status
+
+    async def help(self, chunks: Mapping[int, list[str]]) -> None:
+        """Compute the chunks (of tasks) this worker can claim, last first."""
+        try:
+            rules = compile_rules([self.req.rule])
+        except RuleError:
+            return  # the coordinator fails the scan with the rule error
+        self._sizes = {i: len(c) for i, c in chunks.items()}
+        await self._pass(rules, chunks, sorted(chunks, reverse=True))
+
+    async def finished_status(self) -> str | None:
+        """The status of a scan that finished already (a redelivered request), else None."""
+        doc = await self.ctx.db["scans"].find_one({"_id": self.req.scan_id}, {"status": 1})
+        status = None if doc is None else doc.get("status")
+        return str(status) if status in FINAL else None
+
+    async def queued(self, position: int) -> None:
+        """Waiting for a slot: say where in the queue."""
+        await self._store_request("queued")
+        await self._progress("queued", force=True, queue_position=position)
+
+    def _rest(self, chunks: Mapping[int, list[str]]) -> list[int]:
+        return [i for i in chunks if i not in self._stats]
+
+    async def _store_request(self, status: str) -> None:
+        req = self.req
+        await self.ctx.db["scans"].update_one(
+            {"_id": req.scan_id},
+            {"$set": {"owner": req.owner, "status": status,
+                      "request": req.model_dump(mode="json", exclude={"type", "v"})},
+             "$setOnInsert": {"submitted_at": datetime.now(UTC)}},
+            upsert=True,
+        )  # fmt: skip
+
+    async def _finished(self) -> None:
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.ctx.key(self.req.scan_id, "final"), 1, ex=86_400)
+            pipe.expire(self._chunks_key, 86_400)
+            pipe.expire(self._tops_key, 86_400)
+            await pipe.execute()
 
     async def _fail(self, error: str) -> str:
         req = self.req
@@ -221,7 +335,100 @@ class ScanJob:
             {"_id": req.scan_id},
             {"$set": {"status": "failed", "error": error, "finished_at": datetime.now(UTC)}},
         )
+        await self._finished()
         return "failed"
+
+    # -- sharding --------------------------------------------------------------------------
+
+    async def _offer(self, chunks: Mapping[int, list[str]], todo: Sequence[int]) -> None:
+        """One task per chunk not checkpointed yet, for any worker of the group (sent
+        again on a resumed run: a task for a chunk done meanwhile is refused by its claim)."""
+        req = self.req
+        base = req.model_copy(update={"symbols": None}) if req.symbols is not None else req
+        topic = topic_name(self.ctx.settings.topic_prefix, "scan.tasks")
+        ts = _now_ms()
+        for i in todo:
+            task = ScanTask(scan_id=req.scan_id, chunk=i, chunks=len(chunks), symbols=chunks[i],
+                            request=base, ts=ts)  # fmt: skip
+            await self.ctx.producer.send(topic, encode(task), key=f"{req.scan_id}:{i}".encode())
+        TASKS_PUBLISHED.inc(len(todo))
+
+    async def _tick(self, stop: asyncio.Event) -> None:
+        """Progress of a sharded scan, from the checkpoints of every worker, until ``stop``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._min_gap)
+                return
+            try:
+                await self._refresh()
+                await self._progress("compute")
+            except Exception as exc:  # a missed tick is not worth a failed scan
+                log.warning("scan progress tick failed",
+                            extra={"scan_id": self.req.scan_id, "error": str(exc)})  # fmt: skip
+
+    async def _claim(self, i: int) -> int:
+        """1 claimed, 0 done or held by a live worker, -1 the scan is cancelled or over."""
+        if self._memory is not None:
+            return 1
+        ctx, sid = self.ctx, self.req.scan_id
+        keys = [self._chunks_key, ctx.key(sid, f"claim:{i}"), ctx.key(sid, "cancel"),
+                ctx.key(sid, "final")]  # fmt: skip
+        args: list[int | str] = [i, self._claimant, CLAIM_TTL_S, ctx.worker_prefix]
+        (got,) = await execute(ctx.redis, [_CLAIM.call(keys, args)], scripts=(_CLAIM,))
+        if got == 1:
+            self._held.add(i)
+        elif got < 0:
+            self._halted = True
+        return int(got)
+
+    async def _release(self) -> None:
+        if not self._held or self._memory is not None:
+            return
+        ctx, sid = self.ctx, self.req.scan_id
+        cmds = [_RELEASE.call([ctx.key(sid, f"claim:{i}")], [self._claimant]) for i in self._held]
+        self._held.clear()
+        with contextlib.suppress(Exception):  # unreleased, a claim lapses with this worker
+            await execute(ctx.redis, cmds, scripts=(_RELEASE,))
+
+    async def _pass(
+        self, rules: RuleSet, chunks: Mapping[int, list[str]], order: Sequence[int]
+    ) -> None:
+        """Claim, load and compute ``order``'s chunks in turn; the next claimed chunk loads
+        while this one computes (the kernels run in a thread). Returns when every chunk
+        was computed or refused, or the scan was cancelled."""
+        candidates = iter(order)
+        loading: asyncio.Task[_Loaded] | None = None
+        try:
+            i, loading = await self._next(rules, chunks, candidates)
+            while i is not None and loading is not None:
+                data = await loading
+                loading = None
+                j, loading = await self._next(rules, chunks, candidates)
+                found = await self._compute_chunk(rules, chunks[i], data)
+                await self._checkpoint(rules, i, found, data)
+                await self._partial(i, found)
+                i = j
+        finally:
+            if loading is not None:
+                loading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await loading
+            await self._release()
+
+    async def _next(
+        self, rules: RuleSet, chunks: Mapping[int, list[str]], candidates: Iterator[int]
+    ) -> tuple[int | None, asyncio.Task[_Loaded] | None]:
+        for i in candidates:
+            if self.stopping():
+                raise ScanInterrupted(self.req.scan_id)
+            if self.cancelled() or self._halted:
+                return None, None
+            got = await self._claim(i)
+            if got < 0:
+                return None, None
+            if got:
+                return i, asyncio.create_task(self._load(rules, chunks[i]))
+        return None, None
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -290,18 +497,19 @@ class ScanJob:
             missing = [s for s in chunk if s not in latest]
         else:
             latest, missing = {}, list(chunk)
-        return latest, await self._series(missing)
+        series, hits, misses = await self._series(missing)
+        return _Loaded(latest, series, hits, misses)
 
     async def _compute_chunk(self, rules: RuleSet, chunk: list[str], data: _Loaded) -> _Found:
-        if self._compute_started is None:
-            self._compute_started = time.monotonic()
-            self._done_at_compute_start = self.done
+        self.eta.start(time.monotonic(), self.done)
         await self._progress("compute")
-        found = await asyncio.to_thread(self._compute, rules, chunk, *data)
-        self.done += len(chunk)
-        self.matches += len(found.rows)
+        async with self.ctx.compute_slots:
+            found = await asyncio.to_thread(self._compute, rules, chunk, data.latest,
+                                            data.series)  # fmt: skip
         self.current = chunk[-1]
-        await self._progress("compute")
+        self.recomputed_chunks += 1
+        self.ctx.computed[self.req.scan_id] += 1
+        CHUNKS_COMPUTED.inc()
         return found
 
     async def _latest_values(self, rules: RuleSet, chunk: list[str]) -> dict[str, np.ndarray]:
@@ -314,11 +522,14 @@ class ScanJob:
         # no hash, or not every column: the archive answers for those
         return {s: table[k] for k, s in enumerate(chunk) if status[k] == 2}
 
-    async def _series(self, symbols: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    async def _series(
+        self, symbols: list[str]
+    ) -> tuple[dict[str, dict[str, np.ndarray]], int, int]:
         """The symbols' bars up to ``end``: from the Redis cache (key: timeframe, the
-        archive's generation for it, end, symbol), else the archive (then cached)."""
+        archive's generation for it, end, symbol), else the archive (then cached); and
+        the cache hits and misses."""
         if not symbols:
-            return {}
+            return {}, 0, 0
         archive, redis, s = self.ctx.archive, self.ctx.redis, self.ctx.settings
         if self._gen is None:
             self._gen = await archive.generation(self.req.tf)
@@ -333,8 +544,6 @@ class ScanJob:
                 missing.append(sym)
             else:
                 out[sym] = _unpack(blob if isinstance(blob, bytes) else blob.encode())
-        self.cache_hits += len(symbols) - len(missing)
-        self.cache_misses += len(missing)
         # one query for the chunk: the archive's per-query cost dominates small reads
         loaded = await archive.read_many(missing, self.req.tf, None, end) if missing else {}
         out.update(loaded)
@@ -344,7 +553,7 @@ class ScanJob:
                 for sym, bars in loaded.items():
                     pipe.set(by_sym[sym], _pack(bars), ex=s.scan_cache_ttl_s)
                 await pipe.execute()
-        return out
+        return out, len(symbols) - len(missing), len(missing)
 
     def _compute(
         self,
@@ -384,51 +593,40 @@ class ScanJob:
         found.scanned = len(chunk)
         return found
 
-    async def _checkpoint(self, i: int, found: _Found) -> None:
+    async def _checkpoint(self, rules: RuleSet, i: int, found: _Found, data: _Loaded) -> None:
+        rows = [{"symbol": s, "ts": ts, "score": sc, "values": v} for s, ts, sc, v in found.rows]
+        rows.sort(key=_rank_key(rules))
+        stats = _ChunkStats(found.scanned, len(rows), data.hits, data.misses)
         if self._memory is not None:
-            self._memory.append({"scanned": found.scanned, "matches": [
-                {"symbol": s, "ts": ts, "score": sc, "values": v} for s, ts, sc, v in found.rows
-            ]})  # fmt: skip
+            self._memory.append(rows[: self.req.limit])
+            self._stats[i] = stats
             return
-        doc = {
-            "_id": f"{self.req.scan_id}:{i}", "scan_id": self.req.scan_id, "chunk": i,
-            "scanned": found.scanned,
-            "matches": [{"symbol": s, "ts": ts, "score": sc, "values": v}
-                        for s, ts, sc, v in found.rows],
-        }  # fmt: skip
+        doc = {"_id": f"{self.req.scan_id}:{i}", "scan_id": self.req.scan_id, "chunk": i,
+               "scanned": found.scanned, "matches": rows}  # fmt: skip
         await self.ctx.db["scan_chunks"].replace_one({"_id": doc["_id"]}, doc, upsert=True)
-        await self.ctx.redis.sadd(self._chunks_key, i)
-
-    async def _stored_match_count(self) -> int:
-        if self._memory is not None:
-            return 0
-        total = 0
-        async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id}):
-            total += len(d["matches"])
-        return total
+        async with self.ctx.redis.pipeline(transaction=False) as pipe:
+            # the chunk's best (all the ranking needs) first, then its counts: a chunk
+            # counted done always has its best stored
+            pipe.hset(self._tops_key, str(i), orjson.dumps(rows[: self.req.limit]))
+            pipe.hset(self._chunks_key, str(i), stats.pack())
+            pipe.delete(self.ctx.key(self.req.scan_id, f"claim:{i}"))
+            await pipe.execute()
+        self._held.discard(i)
+        self._stats[i] = stats
+        await self._progress("compute")
 
     async def _ranked(self, rules: RuleSet) -> tuple[list[ScanMatch], int, int]:
-        rows: list[dict[str, Any]] = []
-        scanned = 0
+        """The top ``limit`` of the best ``limit`` of every chunk (each chunk ranks its own
+        matches when it is checkpointed); the totals from the checkpoint counts."""
         if self._memory is not None:
-            chunks: Any = self._memory
+            rows = [r for top in self._memory for r in top]
         else:
-            chunks = [
-                d async for d in self.ctx.db["scan_chunks"].find({"scan_id": self.req.scan_id})
-            ]
-        for d in chunks:
-            rows.extend(d["matches"])
-            scanned += int(d.get("scanned", 0))
-        rule = rules.rules[0]
-        if rule.rank_by is not None:
-            sign = -1.0 if rule.descending else 1.0
-            rows.sort(key=lambda r: (r["score"] is None,
-                                     sign * (r["score"] if r["score"] is not None else 0.0),
-                                     r["symbol"], r["ts"]))  # fmt: skip
-        else:
-            rows.sort(key=lambda r: (r["symbol"], r["ts"]))
+            tops = await self.ctx.redis.hvals(self._tops_key)
+            rows = [r for top in tops for r in orjson.loads(top)]
+        rows.sort(key=_rank_key(rules))
         top = [ScanMatch(**r) for r in rows[: self.req.limit]]
-        return top, len(rows), scanned
+        stats = self._stats.values()
+        return top, sum(c.matches for c in stats), sum(c.scanned for c in stats)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -457,20 +655,20 @@ class ScanJob:
             await self.ctx.producer.flush()  # the final result (and all before it) acked
         await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
 
-    async def _progress(self, stage: str, *, force: bool = False) -> None:
+    async def _progress(
+        self, stage: str, *, force: bool = False, queue_position: int | None = None
+    ) -> None:
+        if self.helper:
+            return  # the coordinator reports, from every worker's checkpoints
         now = time.monotonic()
         changed = stage != self._stage
         if not (force or changed) and now - self._last_progress < self._min_gap:
             return
         self._stage = stage
         self._last_progress = now
-        rate, eta = 0.0, None
-        if self._compute_started is not None:
-            elapsed = now - self._compute_started
-            worked = self.done - self._done_at_compute_start
-            if elapsed > 0 and worked > 0:
-                rate = worked / elapsed
-                eta = int((self.total - self.done) / rate * 1000)
+        self.eta.total = self.total
+        self.eta.observe(now, self.done)
+        rate, eta = self.eta.estimate(now)
         finished = stage in FINAL
         percent = 100.0 if stage == "done" else (
             min(100.0, 100.0 * self.done / self.total) if self.total else 0.0)  # fmt: skip
@@ -480,7 +678,7 @@ class ScanJob:
             rate=round(rate, 3) if math.isfinite(rate) else 0.0,
             eta_ms=0 if finished else eta, current_symbol=self.current,
             cache_hits=self.cache_hits, cache_misses=self.cache_misses,
-            matches=self.matches, ts=_now_ms(),
+            matches=self.matches, queue_position=queue_position, ts=_now_ms(),
         )  # fmt: skip
         data = encode(msg)
         topic = topic_name(self.ctx.settings.topic_prefix, "scan.progress")
@@ -490,11 +688,38 @@ class ScanJob:
             self._last_stored = now
             update: dict[str, Any] = {"progress": orjson.loads(data)}
             if not finished:
-                update["status"] = "running"
+                update["status"] = "queued" if stage == "queued" else "running"
             await self.ctx.db["scans"].update_one({"_id": self.req.scan_id}, {"$set": update})
 
 
 _COLS = ("open", "high", "low", "close", "volume")
+
+#: KEYS: chunks hash, claim, cancel flag, final flag; ARGV: chunk, claimant
+#: (``{worker id}/{run}``: two runs in one worker are two claimants), claim TTL, worker
+#: liveness key prefix. The holder's liveness key is derived from the claim's value (a
+#: single-instance Redis, as DESIGN.md has it; not cluster-safe by design).
+_CLAIM = Script("""
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  return 0
+end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2]
+    and redis.call('EXISTS', ARGV[4] .. string.match(holder, '^[^/]*')) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+""")
+
+_RELEASE = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+""")
 
 _HMGET_KEYS = 5_000
 _HMGET_MANY = Script("""
@@ -534,6 +759,17 @@ def _unpack(blob: bytes) -> dict[str, np.ndarray]:
     ts = np.frombuffer(blob, np.int64, n, 8)
     cols = np.frombuffer(blob, np.float64, 5 * n, 8 + 8 * n).reshape(5, n)
     return {"ts": ts, **{c: cols[i] for i, c in enumerate(_COLS)}}
+
+
+def _rank_key(rules: RuleSet) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """Order of matches: by the rank expression (missing scores last), then symbol and
+    time; by symbol and time without one."""
+    rule = rules.rules[0]
+    if rule.rank_by is None:
+        return lambda r: (r["symbol"], r["ts"])
+    sign = -1.0 if rule.descending else 1.0
+    return lambda r: (r["score"] is None, sign * (r["score"] if r["score"] is not None else 0.0),
+                      r["symbol"], r["ts"])  # fmt: skip
 
 
 def _num(arr: np.ndarray | None, j: int) -> float | None:

@@ -1,0 +1,52 @@
+"""Rate and time left of a scan, from how its done-count grew.
+
+The first chunk pays for warming up (compiling, the archive's first reads), so the rate
+is measured from the end of the first chunk on, over a window of the recent three
+quarters of the run (at least a second): long enough that one slow chunk barely moves the
+estimate, short enough to follow a rate that changes (another worker joins). Before two
+chunks have finished, the run since computing started is all there is.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Eta"]
+
+
+class Eta:
+    def __init__(self, total: int = 0, *, window: float = 0.75, min_window_s: float = 1.0) -> None:
+        self.total = total
+        self.window = window
+        self.min_window_s = min_window_s
+        self._started: tuple[float, int] | None = None  # (time, done) when computing began
+        self._samples: list[tuple[float, int]] = []  # (time, done) whenever done grew
+
+    def start(self, now: float, done: int) -> None:
+        """Computing begins (``done`` may be non-zero: a resumed scan)."""
+        if self._started is None:
+            self._started = (now, done)
+            self._samples.append((now, done))
+
+    def observe(self, now: float, done: int) -> None:
+        if self._samples and done > self._samples[-1][1]:
+            self._samples.append((now, done))
+
+    def estimate(self, now: float) -> tuple[float, int | None]:
+        """Symbols per second and milliseconds left (None: too early to say)."""
+        samples = self._samples
+        if not samples:
+            return 0.0, None
+        t_last, d_last = samples[-1]
+        left_symbols = max(0, self.total - d_last)
+        if len(samples) >= 3:  # two chunks after the start: measure after the first
+            span = max(self.min_window_s, (t_last - samples[1][0]) * self.window)
+            t0, d0 = next(x for x in samples[1:] if x[0] >= t_last - span)
+            if t0 >= t_last:
+                t0, d0 = samples[-2]
+            if t_last > t0 and d_last > d0:
+                rate = (d_last - d0) / (t_last - t0)
+                return rate, max(0, round((left_symbols / rate - (now - t_last)) * 1000))
+        t0, d0 = samples[0]
+        if now > t0 and d_last > d0:
+            rate = (d_last - d0) / (now - t0)
+            return rate, round(left_symbols / rate * 1000)
+        return 0.0, None
