@@ -1,14 +1,16 @@
 """Scans end to end: history scans cold (MongoDB) and warm (Redis cache), snapshot scans.
 
     .venv/bin/python bench/scan.py [--symbols 5000] [--bars 252] [--snapshot 10000] [--runs 3]
+        [--no-workers2]
 
 Starts the local servers, writes ``--symbols`` generated symbols x ``--bars`` daily bars
-into the archive, runs ``technic-stream scanner`` as its own process, and times each scan
-from sending its ``ScanRequest`` to reading its final ``ScanResult`` on
-``scan.results``. Cold runs start with the cache invalidated (a write to the archive
-bumps the timeframe's generation); warm runs repeat the scan with everything cached. The
-snapshot scan reads the engine's latest values for ``--snapshot`` symbols from Redis
-(written here the way the engine writes them).
+into the archive, runs ``technic-stream scanner`` as its own process (then a second one,
+for the cold scan on two workers), and times each scan from sending its ``ScanRequest`` to
+reading its final ``ScanResult`` on ``scan.results``; the ETA shown at 45-55 % is
+compared with the time that was actually left. Cold runs start with the cache
+invalidated (a write to the archive bumps the timeframe's generation); warm runs repeat the
+scan with everything cached. The snapshot scan reads the engine's latest values for
+``--snapshot`` symbols from Redis (written here the way the engine writes them).
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def eta_error(progress: list[ScanProgress]) -> float | None:
     """Median relative error of the ETAs shown at 45-55 % against the time that was left
     (progress timestamps are the worker's clock, so both ends are measured alike)."""
     end = next((p for p in progress if p.stage == "done"), None)
-    around = [p for p in progress if p.stage == "compute" and 45 <= p.percent <= 55]
+    around = [p for p in progress if p.stage in ("load_data", "compute") and 45 <= p.percent <= 55]
     if end is None:
         return None
     errors = [abs(p.eta_ms - (end.ts - p.ts)) / max(1, end.ts - p.ts)
@@ -169,6 +171,8 @@ async def main() -> None:
     ap.add_argument("--bars", type=int, default=252)
     ap.add_argument("--snapshot", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-workers2", dest="workers2", action="store_false",
+                    help="skip the cold scans with two workers")  # fmt: skip
     args = ap.parse_args()
     base = Settings(ops_port=0, log_level="WARNING")
     with tempfile.TemporaryDirectory() as tmp, LocalStack(base) as stack:
@@ -178,15 +182,21 @@ async def main() -> None:
         await ensure_topics(settings)
         _, start = await fill_archive(settings, args.symbols, args.bars)
         snap = await snapshot_values(settings, args.snapshot)
-        scanner = ServiceChild(settings, "scanner", Path(tmp) / "scanner.log",
-                               TECHNIC_LOG_LEVEL="WARNING")  # fmt: skip
-        await scanner.start()
-        try:
+
+        async def start_scanner(name: str) -> ServiceChild:
+            child = ServiceChild(settings, "scanner", Path(tmp) / f"{name}.log",
+                                 TECHNIC_LOG_LEVEL="WARNING")  # fmt: skip
+            await child.start()
             deadline = time.monotonic() + 60
-            while not await scanner.ready():
+            while not await child.ready():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"scanner not ready:\n{scanner.log_tail()}")
+                    raise TimeoutError(f"scanner not ready:\n{child.log_tail()}")
                 await asyncio.sleep(0.2)
+            return child
+
+        scanner = await start_scanner("scanner")
+        second: ServiceChild | None = None
+        try:
             cold, warm, snapshot, etas = [], [], [], []
             for i in range(args.runs):
                 await invalidate(settings, i)
@@ -209,9 +219,22 @@ async def main() -> None:
                 snapshot.append(t)
                 print(f"  snapshot {t * 1000:.0f} ms: {res3.total_matches:,} of "
                       f"{res3.symbols_scanned:,}", file=sys.stderr)  # fmt: skip
+            # the same cold scan with a second worker in the groups (chunks shared out)
+            two: list[float] = []
+            if args.workers2:
+                second = await start_scanner("second")
+                await asyncio.sleep(5)  # both workers' rebalances settle
+                for i in range(args.runs):
+                    await invalidate(settings, 100 + i)
+                    (t, _), _ = await timed_scan(settings, req(f"two{i}", RULE, **history),
+                                                 scanner)  # fmt: skip
+                    two.append(t)
+                    print(f"  cold, two workers {t:.2f} s", file=sys.stderr)
         finally:
-            scanner.signal(15)
-            await asyncio.wait_for(scanner.wait(), 60)
+            for child in (scanner, second):
+                if child is not None:
+                    child.signal(15)
+                    await asyncio.wait_for(child.wait(), 60)
     print(f"\n{args.symbols:,} symbols x {args.bars} daily bars, rule `{RULE}`, "
           f"{args.runs} runs\n")  # fmt: skip
     print("| scan | median | runs | target |")
@@ -223,6 +246,10 @@ async def main() -> None:
           f"{fmt(f'{x:.2f}' for x in warm)} | ≤ 1 s |")  # fmt: skip
     print(f"| snapshot, {args.snapshot:,} symbols | {statistics.median(snapshot) * 1000:.0f} ms "
           f"| {fmt(f'{x * 1000:.0f}' for x in snapshot)} | ≤ 100 ms |")  # fmt: skip
+    if two:
+        speedup = statistics.median(cold) / statistics.median(two)
+        print(f"| history, cold, two workers | {statistics.median(two):.2f} s | "
+              f"{fmt(f'{x:.2f}' for x in two)} | {speedup:.2f}x one worker |")  # fmt: skip
     if etas:
         print(f"| ETA error at 50 %, cold scans | {statistics.median(etas) * 100:.1f} % | "
               f"{fmt(f'{x * 100:.1f}' for x in etas)} | ≤ 10 % |")  # fmt: skip

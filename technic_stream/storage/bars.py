@@ -1,8 +1,9 @@
 """The bar archive: bars in MongoDB buckets, one document per symbol, timeframe and period.
 
 A bucket holds its bars as parallel arrays (``ts``, ``open`` … ``volume``, sorted by
-``ts``, one entry per bar time), so a history scan loads a symbol's year of daily bars
-or day of minute bars in one document and turns it into NumPy arrays without a loop.
+``ts``, one entry per bar time; stored as base64 of the little-endian arrays, ``enc:
+"b64le64"``), so a history scan loads a symbol's year of daily bars or day of minute bars
+in one document and turns it into NumPy arrays without a loop.
 
 Writes are idempotent: rows are merged into the stored bucket by ``ts`` (a row for a
 ``ts`` already there replaces it — corrected bars replace), an unchanged bucket is not
@@ -14,6 +15,7 @@ in a bounded cache, so the archiver usually writes without reading.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections import OrderedDict
@@ -48,6 +50,11 @@ BUCKET_SPAN: dict[str, int] = {
     "4h": 448 * _DAY,
 }
 _MAX_ATTEMPTS = 8
+#: how a bucket stores its arrays: little-endian int64 ``ts`` and float64 columns, base64
+#: (a string, which every MongoDB-protocol server stores; the local one has no BSON
+#: binary) — a year of daily bars is six strings instead of 1,512 BSON elements, which
+#: both the server and the driver handle far faster
+ENCODING = "b64le64"
 
 
 class ArchiveError(TechnicStreamError):
@@ -300,13 +307,24 @@ def _document(bid: str, symbol: str, tf: str, start: int, b: _Bucket) -> dict[st
         "last": int(b.ts[-1]),
         "rev": b.rev,
         "updated_ms": int(time.time() * 1000),
-        "ts": b.ts.tolist(),
-        **{f: b.cols[f].tolist() for f in FIELDS},
+        "enc": ENCODING,
+        "ts": _b64(b.ts.astype("<i8")),
+        **{f: _b64(b.cols[f].astype("<f8")) for f in FIELDS},
     }
 
 
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
 def _from_document(doc: dict[str, Any]) -> _Bucket:
-    return _Bucket(
+    if doc.get("enc") == ENCODING:
+        ts = np.frombuffer(base64.b64decode(doc["ts"]), dtype="<i8").astype(np.int64, copy=False)
+        cols = {f: np.frombuffer(base64.b64decode(doc[f]), dtype="<f8").astype(np.float64,
+                                                                              copy=False)
+                for f in FIELDS}  # fmt: skip
+        return _Bucket(int(doc.get("rev", 1)), ts, cols)
+    return _Bucket(  # buckets written before the binary encoding: BSON arrays
         int(doc.get("rev", 1)),
         np.asarray(doc.get("ts", []), dtype=np.int64),
         {f: np.asarray(doc.get(f, []), dtype=np.float64) for f in FIELDS},
