@@ -6,7 +6,7 @@
 Starts the local servers, writes ``--symbols`` generated symbols x ``--bars`` daily bars
 into the archive, runs ``technic-stream scanner`` as its own process (then a second one,
 for the cold scan on two workers), and times each scan from sending its ``ScanRequest`` to
-reading its final ``ScanResult`` on ``scan.results``; the ETA shown at 45-55 % is
+reading its final ``ScanResult`` on ``scan.results``; the ETA shown at 40-60 % is
 compared with the time that was actually left. Cold runs start with the cache
 invalidated (a write to the archive bumps the timeframe's generation); warm runs repeat the
 scan with everything cached. The snapshot scan reads the engine's latest values for
@@ -40,6 +40,7 @@ from technic_stream.storage import mongo_client  # noqa: E402
 from technic_stream.storage.bars import BarArchive  # noqa: E402
 from technic_stream.topics import topic_name  # noqa: E402
 
+FINAL = ("done", "failed", "cancelled")
 RULE = "rsi(14) < 45 and close > sma(50) rank by volume desc"
 SNAPSHOT_RULE = "rsi_14 < 30 and close > sma_50"  # written below as the engine would
 
@@ -114,7 +115,9 @@ async def _followed_scan(
             t0 = time.perf_counter()
             await producer.send_and_wait(topic_name(settings.topic_prefix, "scan.requests"),
                                          encode(req), key=req.scan_id.encode())  # fmt: skip
-            while True:
+            result: tuple[float, ScanResult] | None = None
+            # timed to the final result; the last progress event (status) comes just after
+            while result is None or not progress or progress[-1].stage not in FINAL:
                 batch = await consumer.getmany(timeout_ms=50)
                 for tp, records in batch.items():
                     for r in records:
@@ -125,16 +128,17 @@ async def _followed_scan(
                             continue
                         res = decode(r.value, ScanResult)
                         if res.status != "partial":
-                            return (time.perf_counter() - t0, res), progress
+                            result = (time.perf_counter() - t0, res)
+            return result, progress
     finally:
         await consumer.stop()
 
 
 def eta_error(progress: list[ScanProgress]) -> float | None:
-    """Median relative error of the ETAs shown at 45-55 % against the time that was left
+    """Median relative error of the ETAs shown at 40-60 % against the time that was left
     (progress timestamps are the worker's clock, so both ends are measured alike)."""
     end = next((p for p in progress if p.stage == "done"), None)
-    around = [p for p in progress if p.stage in ("load_data", "compute") and 45 <= p.percent <= 55]
+    around = [p for p in progress if p.stage in ("load_data", "compute") and 40 <= p.percent <= 60]
     if end is None:
         return None
     errors = [abs(p.eta_ms - (end.ts - p.ts)) / max(1, end.ts - p.ts)
@@ -206,6 +210,9 @@ async def main() -> None:
                 cold.append(t)
                 if (err := eta_error(progress)) is not None:
                     etas.append(err)
+                else:
+                    print(f"  (no ETA judged: {len(progress)} progress events, stages "
+                          f"{sorted({p.stage for p in progress})})", file=sys.stderr)  # fmt: skip
                 print(f"  cold {t:.2f} s: {res.total_matches:,} matches in "
                       f"{res.symbols_scanned:,} symbols", file=sys.stderr)  # fmt: skip
                 (t, res2), _ = await timed_scan(settings, req(f"warm{i}", RULE, **history),

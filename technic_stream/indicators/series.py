@@ -7,7 +7,7 @@ import numpy as np
 from technic_stream.indicators.registry import IndicatorSpec
 from technic_stream.kernels import batch as kb
 
-__all__ = ["batch_outputs"]
+__all__ = ["batch_outputs", "warm_batch_twins"]
 
 
 def batch_outputs(
@@ -67,3 +67,19 @@ def batch_outputs(
     else:  # pragma: no cover - the registry and this table are kept in step by a test
         raise KeyError(f"no batch twin for {name}")
     return dict(zip(spec.output_names, arrays, strict=True))
+
+
+def warm_batch_twins(bars: int = 64) -> int:
+    """Run every indicator's batch twin (default parameters) once on a small series, so
+    numba has compiled or loaded them before the first real request — the first scan of
+    a fresh process otherwise pays for it. Returns how many indicators were warmed."""
+    from technic_stream.indicators.registry import INDICATORS, spec
+
+    rng = np.random.default_rng(0)
+    close = 100 + np.cumsum(rng.normal(0, 1, bars))
+    high, low = close + 1.0, close - 1.0
+    ts = np.arange(bars, dtype=np.int64) * 86_400_000
+    volume = np.full(bars, 1e6)
+    for name in INDICATORS:
+        batch_outputs(spec(name), ts, close, high, low, close, volume)
+    return len(INDICATORS)

@@ -32,6 +32,7 @@ from technic_stream.app.ops import OpsServer
 from technic_stream.app.service import StopRequested, consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.errors import MessageDecodeError
+from technic_stream.indicators.series import warm_batch_twins
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
 from technic_stream.kafka.follower import TopicFollower
 from technic_stream.messages import ScanControl, ScanRequest, ScanTask, decode
@@ -221,6 +222,9 @@ async def scanner_service(
     mongo = mongo_client(settings)
     p = settings.topic_prefix
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # the batch kernels compiled (or loaded from numba's cache) before the first scan,
+    # not during it; the worker is ready only after
+    await asyncio.to_thread(warm_batch_twins)
     try:
         async with Producer(settings) as producer:
             publisher = ChannelPublisher(
