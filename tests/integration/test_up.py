@@ -111,6 +111,7 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
                 "archiver",
                 "archiver-mongo",
                 "scanner",
+                "scanner-tasks",
                 "gateway",
             ),
             "ok",
