@@ -102,7 +102,10 @@ async def run_scan_cli(
                     cancel_sent = True
                     print("\ncancelling ...", file=err, flush=True)
                 batch = await consumer.getmany(timeout_ms=100)
-                for records in batch.values():
+                # progress before results: a fetch can hold both, and the final result ends
+                # the command
+                parts = sorted(batch.items(), key=lambda kv: kv[0].topic != topics[0])
+                for _, records in parts:
                     for r in records:
                         if r.key != key:
                             continue

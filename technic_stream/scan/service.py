@@ -24,7 +24,9 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from collections.abc import Iterable
+from itertools import chain
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,6 +48,8 @@ from technic_stream.topics import group_name, topic_name
 __all__ = ["ScanWorker", "scanner_service"]
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", ScanControl, ScanRequest, ScanTask)
 
 SCANS = Counter("technic_scan_scans", "Scans finished, by status", ["status"])
 RUNNING = Gauge("technic_scan_running", "Scans running in this process")
@@ -77,13 +81,18 @@ class ScanWorker:
 
     # -- control ---------------------------------------------------------------------------
 
-    async def on_control(self, records: list[Any]) -> None:
+    async def _decoded(self, records: Iterable[Any], model: type[M]) -> list[M]:
+        """The records as ``model`` messages; the malformed ones to the DLQ with the reason."""
+        out = []
         for r in records:
             try:
-                ctl = decode(r.value, ScanControl, max_bytes=self.settings.max_message_bytes)
+                out.append(decode(r.value, model, max_bytes=self.settings.max_message_bytes))
             except MessageDecodeError as exc:
                 await self.dlq.route(r, exc)
-                continue
+        return out
+
+    async def on_control(self, records: list[Any]) -> None:
+        for ctl in await self._decoded(records, ScanControl):
             CANCELS.inc()
             self.cancelled.add(ctl.scan_id)
             await self.ctx.redis.set(self.ctx.key(ctl.scan_id, "cancel"), 1, ex=86_400)
@@ -106,15 +115,7 @@ class ScanWorker:
     # -- requests --------------------------------------------------------------------------
 
     async def on_batch(self, batch: Batch) -> None:
-        requests: list[ScanRequest] = []
-        for records in batch.values():
-            for r in records:
-                try:
-                    requests.append(
-                        decode(r.value, ScanRequest, max_bytes=self.settings.max_message_bytes)
-                    )
-                except MessageDecodeError as exc:
-                    await self.dlq.route(r, exc)
+        requests = await self._decoded(chain.from_iterable(batch.values()), ScanRequest)
         results = await asyncio.gather(*(self._run(req) for req in requests),
                                        return_exceptions=True)  # fmt: skip
         await self.ctx.producer.flush()
@@ -175,15 +176,9 @@ class ScanWorker:
 
     async def on_tasks(self, batch: Batch) -> None:
         by_scan: dict[str, tuple[ScanRequest, dict[int, list[str]]]] = {}
-        for records in batch.values():
-            for r in records:
-                try:
-                    task = decode(r.value, ScanTask, max_bytes=self.settings.max_message_bytes)
-                except MessageDecodeError as exc:
-                    await self.dlq.route(r, exc)
-                    continue
-                TASKS.inc()
-                by_scan.setdefault(task.scan_id, (task.request, {}))[1][task.chunk] = task.symbols
+        for task in await self._decoded(chain.from_iterable(batch.values()), ScanTask):
+            TASKS.inc()
+            by_scan.setdefault(task.scan_id, (task.request, {}))[1][task.chunk] = task.symbols
         # a scan coordinated here needs no help from here: its coordinator computes every
         # chunk nobody else claims (two loads at once only contend for the archive)
         jobs = [self._helper(req).help(chunks) for sid, (req, chunks) in by_scan.items()
