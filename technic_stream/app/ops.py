@@ -63,6 +63,9 @@ class OpsServer(AsyncResource):
         return name, None
 
     async def _readyz(self, _request: web.Request) -> web.Response:
+        if not self.checks:  # still starting: nothing has said what ready means yet
+            body = {"status": "not ready", "checks": {"starting": "no checks registered yet"}}
+            return web.json_response(body, status=503)
         results = await asyncio.gather(*(self._run_check(n, c) for n, c in self.checks.items()))
         failed = {name: err for name, err in results if err is not None}
         body = {
