@@ -1,7 +1,7 @@
 """Scans end to end: history scans cold (MongoDB) and warm (Redis cache), snapshot scans.
 
     .venv/bin/python bench/scan.py [--symbols 5000] [--bars 252] [--snapshot 10000] [--runs 3]
-        [--no-workers2]
+        [--chunk-symbols N] [--no-workers2]
 
 Starts the local servers, writes ``--symbols`` generated symbols x ``--bars`` daily bars
 into the archive, runs ``technic-stream scanner`` as its own process (then a second one,
@@ -175,6 +175,7 @@ async def main() -> None:
     ap.add_argument("--bars", type=int, default=252)
     ap.add_argument("--snapshot", type=int, default=10_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--chunk-symbols", type=int, default=Settings().scan_chunk_symbols)
     ap.add_argument("--no-workers2", dest="workers2", action="store_false",
                     help="skip the cold scans with two workers")  # fmt: skip
     args = ap.parse_args()
@@ -189,7 +190,8 @@ async def main() -> None:
 
         async def start_scanner(name: str) -> ServiceChild:
             child = ServiceChild(settings, "scanner", Path(tmp) / f"{name}.log",
-                                 TECHNIC_LOG_LEVEL="WARNING")  # fmt: skip
+                                 TECHNIC_LOG_LEVEL="WARNING",
+                                 TECHNIC_SCAN_CHUNK_SYMBOLS=str(args.chunk_symbols))  # fmt: skip
             await child.start()
             deadline = time.monotonic() + 60
             while not await child.ready():

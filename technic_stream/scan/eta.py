@@ -1,9 +1,12 @@
 """Rate and time left of a scan, from how its done-count grew.
 
-The first chunk pays for warming up (compiling, the archive's first reads), so the rate
-is measured from the end of the first chunk on, over a window of the recent three
-quarters of the run (at least a second): long enough that one slow chunk barely moves the
-estimate, short enough to follow a rate that changes (another worker joins). Before two
+The first chunk pays for warming up (compiling, the archive's first reads, a load that
+nothing overlaps), so the rate is measured from the end of the first chunk on. Chunks of
+a pipelined scan finish in bursts (a chunk whose load overlapped the previous compute
+finishes right after it), so by default the whole run since then is the window: a
+shorter one (``window`` < 1, a fraction of the run, at least ``min_window_s``) follows a
+changing pace sooner but swings with every burst — on the benchmark's cold scans the
+error at 50 % was ~21 % with the recent ¾ against ~10 % with the whole run. Before two
 chunks have finished, the run since computing started is all there is.
 """
 
@@ -13,7 +16,7 @@ __all__ = ["Eta"]
 
 
 class Eta:
-    def __init__(self, total: int = 0, *, window: float = 0.75, min_window_s: float = 1.0) -> None:
+    def __init__(self, total: int = 0, *, window: float = 1.0, min_window_s: float = 1.0) -> None:
         self.total = total
         self.window = window
         self.min_window_s = min_window_s

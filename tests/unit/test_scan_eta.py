@@ -53,7 +53,7 @@ def test_the_estimate_counts_down_between_chunks():
 
 
 def test_a_faster_pace_is_followed_once_it_fills_the_window():
-    eta = Eta(10_000)
+    eta = Eta(10_000, window=0.75)
     eta.start(0.0, 0)
     t = run(eta, [1.0] * 10, 100)  # 100 symbols/s
     t = run(eta, [0.5] * 20, 100, t)  # another worker joined: 200 symbols/s
@@ -72,6 +72,15 @@ def test_a_resumed_scan_measures_only_its_own_progress():
     t = run(eta, [1.0, 1.0, 1.0], 100)
     rate, ms = eta.estimate(t)
     assert rate == pytest.approx(100) and ms == 1_000
+
+
+def test_by_default_the_whole_run_after_the_first_chunk_is_the_window():
+    eta = Eta(10_000)
+    eta.start(0.0, 0)
+    t = run(eta, [1.0] * 10, 100)  # 100 symbols/s
+    t = run(eta, [0.5] * 60, 100, t)  # 200 symbols/s from here on
+    rate, _ = eta.estimate(t)
+    assert rate == pytest.approx((6_900) / 39.0)  # everything after the first chunk
 
 
 def test_one_slow_chunk_barely_moves_the_estimate():
