@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from technic_stream.errors import TechnicStreamError
 from technic_stream.kernels import common as k
@@ -325,20 +325,20 @@ class IndicatorSpec:
 
     name: str
     params: tuple[float, ...]
+    #: ``ema_20``, ``macd_12_26_9``, ``bb_20_2``, ``obv`` (computed once: scans ask per symbol)
+    key: str = field(init=False, repr=False, compare=False)
+    output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = "_".join([self.name, *(_fmt(v) for v in self.params)])
+        outs = INDICATORS[self.name].outputs if self.name in INDICATORS else ("",)
+        names = (key,) if outs == ("",) else tuple(f"{key}.{o}" for o in outs)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "output_names", names)
 
     @property
     def definition(self) -> IndicatorDef:
         return INDICATORS[self.name]
-
-    @property
-    def key(self) -> str:
-        """``ema_20``, ``macd_12_26_9``, ``bb_20_2``, ``obv``."""
-        return "_".join([self.name, *(_fmt(v) for v in self.params)])
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        outs = self.definition.outputs
-        return (self.key,) if outs == ("",) else tuple(f"{self.key}.{o}" for o in outs)
 
     def __str__(self) -> str:
         if not self.params:

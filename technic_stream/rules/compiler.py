@@ -313,9 +313,13 @@ class RuleSet:
         if n is None:
             n = len(columns[self.columns[0]]) if self.columns else 0
         pad = self.max_lag
-        data = np.full((max(len(self.columns), 1), pad + n), np.nan)
-        for i, c in enumerate(self.columns):
-            data[i, pad:] = columns[c]
+        if self.columns:  # the lag padding is NaN; the rest is overwritten at once
+            data = np.empty((len(self.columns), pad + n))
+            data[:, :pad] = np.nan
+            for i, c in enumerate(self.columns):
+                data[i, pad:] = columns[c]
+        else:
+            data = np.full((1, pad + n), np.nan)
         rows = self._input_col[self._inp] if len(self.inputs) else self._inp
         offs = pad - self._input_lag[self._inp] if len(self.inputs) else self._inp
         return self._run(data, rows, offs, n)
