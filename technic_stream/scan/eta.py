@@ -20,16 +20,16 @@ class Eta:
         self.total = total
         self.window = window
         self.min_window_s = min_window_s
-        self._started: tuple[float, int] | None = None  # (time, done) when computing began
-        self._samples: list[tuple[float, int]] = []  # (time, done) whenever done grew
+        self._started: tuple[float, float] | None = None  # (time, done) when computing began
+        self._samples: list[tuple[float, float]] = []  # (time, done) whenever done grew
 
-    def start(self, now: float, done: int) -> None:
+    def start(self, now: float, done: float) -> None:
         """Computing begins (``done`` may be non-zero: a resumed scan)."""
         if self._started is None:
             self._started = (now, done)
             self._samples.append((now, done))
 
-    def observe(self, now: float, done: int) -> None:
+    def observe(self, now: float, done: float) -> None:
         if self._samples and done > self._samples[-1][1]:
             self._samples.append((now, done))
 

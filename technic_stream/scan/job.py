@@ -181,6 +181,7 @@ class ScanJob:
         self._last_progress = 0.0
         self._stage = "queued"
         self._sizes: dict[int, int] = {}
+        self._loaded: set[int] = set()  # chunks this run has loaded
         self._stats: dict[int, _ChunkStats] = {}  # checkpointed chunks, by anyone
         self._held: set[int] = set()  # chunks this run has claimed and not finished
         self._claimant = f"{ctx.worker_id}/{uuid.uuid4().hex[:8]}"
@@ -199,6 +200,14 @@ class ScanJob:
     @property
     def done(self) -> int:
         return sum(self._sizes.get(i, 0) for i in self._stats)
+
+    @property
+    def work(self) -> float:
+        """Symbols done, counting a chunk this run has loaded but not finished as half
+        done: the ETA's unit. Loads and computes overlap, so chunks finish in bursts; the
+        half steps in between keep the rate steady."""
+        half = sum(self._sizes.get(i, 0) for i in self._loaded if i not in self._stats)
+        return self.done + half / 2
 
     @property
     def matches(self) -> int:
@@ -427,7 +436,7 @@ class ScanJob:
             if got < 0:
                 return None, None
             if got:
-                return i, asyncio.create_task(self._load(rules, chunks[i]))
+                return i, asyncio.create_task(self._load_chunk(rules, i, chunks[i]))
         return None, None
 
     # -- stages ----------------------------------------------------------------------------
@@ -489,6 +498,12 @@ class ScanJob:
             self._prefetched = {s: table[k] for k, s in enumerate(symbols) if status[k] == 2}
         return {s for k, s in enumerate(symbols) if status[k]}
 
+    async def _load_chunk(self, rules: RuleSet, i: int, chunk: list[str]) -> _Loaded:
+        data = await self._load(rules, chunk)
+        self._loaded.add(i)
+        self.eta.observe(time.monotonic(), self.work)  # the sample at its true time
+        return data
+
     async def _load(self, rules: RuleSet, chunk: list[str]) -> _Loaded:
         self.current = chunk[0]
         await self._progress("load_data")
@@ -501,7 +516,7 @@ class ScanJob:
         return _Loaded(latest, series, hits, misses)
 
     async def _compute_chunk(self, rules: RuleSet, chunk: list[str], data: _Loaded) -> _Found:
-        self.eta.start(time.monotonic(), self.done)
+        self.eta.start(time.monotonic(), self.work)
         await self._progress("compute")
         async with self.ctx.compute_slots:
             found = await asyncio.to_thread(self._compute, rules, chunk, data.latest,
@@ -667,7 +682,7 @@ class ScanJob:
         self._stage = stage
         self._last_progress = now
         self.eta.total = self.total
-        self.eta.observe(now, self.done)
+        self.eta.observe(now, self.work)
         rate, eta = self.eta.estimate(now)
         finished = stage in FINAL
         percent = 100.0 if stage == "done" else (
