@@ -44,6 +44,9 @@ def day_ms(text: str) -> int:
 
 
 def _bar(p: ScanProgress, width: int = 30) -> str:
+    if p.stage == "queued":
+        where = f"position {p.queue_position}" if p.queue_position is not None else "waiting"
+        return f"{'queued':<16} {where} (other scans run first)"
     filled = int(width * p.percent / 100)
     eta = f"ETA {p.eta_ms / 1000:.1f}s" if p.eta_ms is not None else "ETA -"
     cur = f" {p.current_symbol}" if p.current_symbol else ""
