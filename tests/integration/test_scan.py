@@ -425,3 +425,36 @@ async def test_a_waiting_scan_is_told_its_queue_position(settings):
         assert stages[0] == "queued" and stages[-1] == "done"
         assert "queued" not in stages[stages.index("resolve_universe") :]
     assert {d["total_matches"] for d in docs} == {docs[0]["total_matches"]}
+
+
+async def test_a_snapshot_of_a_generated_universe_matches_the_reference_ranked(settings):
+    # half the symbols have the engine's latest values in Redis (written as the engine
+    # writes them: the batch twins' last values), the rest answer from the archive
+    rule = "rsi(14) < 50 and close > sma(20) rank by rsi(14) asc"
+    symbols = await _synthetic_archive(settings, 120, 80)
+    rs = compile_rules([rule])
+    mongo, redis = mongo_client(settings), redis_client(settings)
+    try:
+        archive = BarArchive(mongo[settings.mongo_db])
+        async with redis.pipeline(transaction=False) as pipe:
+            for s in symbols[::2]:
+                bars = await archive.read(s, "1d")
+                cols = rs.series_columns(bars)
+                pipe.hset(f"{settings.redis_prefix}ind:1d:{s}", mapping={
+                    "ts": int(bars["ts"][-1]), **{c: float(v[-1]) for c, v in cols.items()},
+                })  # fmt: skip
+            await pipe.execute()
+    finally:
+        await mongo.close()
+        await redis.aclose()
+    async with running_scanner(settings):
+        await submit(settings, request("snapgen", rule, symbols=symbols, limit=10_000))
+        doc = await scan_doc(settings, "snapgen")
+    assert doc["status"] == "done" and doc["symbols_scanned"] == 120
+    expected = await reference_matches(settings, rule, symbols, "1d", 0, last_only=True)
+    assert 0 < len(expected) < 120
+    got = [(m["symbol"], m["ts"]) for m in doc["top"]]
+    best = sorted(expected, key=lambda m: (m[2], m[0], m[1]))  # rsi ascending
+    assert got == [(s, t) for s, t, _ in best]
+    assert all(math.isclose(m["score"], e[2], rel_tol=1e-12)
+               for m, e in zip(doc["top"], best, strict=True))  # fmt: skip
