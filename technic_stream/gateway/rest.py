@@ -197,13 +197,18 @@ async def _principal(request: web.Request) -> Principal:
         p = Problem(401, "Unauthorized", exc.reason)
         p.headers["WWW-Authenticate"] = 'Bearer realm="technic-stream"'
         raise p from None
-    decision = await gw.rest_limit.take(who.key_id)
+    await _rate_limited(gw, who.key_id)
+    return who
+
+
+async def _rate_limited(gw: Gateway, key_id: str) -> None:
+    """Take one request from the key's REST budget, or answer 429 with Retry-After."""
+    decision = await gw.rest_limit.take(key_id)
     if not decision.allowed:
         p = Problem(429, "Too Many Requests", "rate limit of this key",
                     retry_after_s=decision.retry_after_s)  # fmt: skip
         p.headers["Retry-After"] = str(max(1, round(decision.retry_after_s + 0.5)))
         raise p
-    return who
 
 
 def _now_ms() -> int:
@@ -239,12 +244,7 @@ async def token(request: web.Request) -> web.Response:
         who = await gw.keys.check(api_key)
     except AuthError as exc:
         raise Problem(401, "Unauthorized", exc.reason) from None
-    decision = await gw.rest_limit.take(who.key_id)
-    if not decision.allowed:
-        p = Problem(429, "Too Many Requests", "rate limit of this key",
-                    retry_after_s=decision.retry_after_s)  # fmt: skip
-        p.headers["Retry-After"] = str(max(1, round(decision.retry_after_s + 0.5)))
-        raise p
+    await _rate_limited(gw, who.key_id)
     tok, exp = gw.tokens.issue(who)
     return _json({"token": tok, "token_type": "Bearer", "expires_at": exp, "owner": who.owner})
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -88,3 +90,16 @@ class BarCollector:
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         await self.producer.flush()
         self.revoked.append(partitions)
+
+
+async def run_cli(*args: str, env: dict[str, str], within: float = 90) -> tuple[int, str, str]:
+    """``technic-stream ARGS`` as a subprocess with only ``env``'s TECHNIC_ settings (none
+    inherited); its exit code, stdout and stderr."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
+    full.update(env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "technic_stream", *args, env=full,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    return proc.returncode or 0, out.decode(), err.decode()

@@ -14,7 +14,7 @@ from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 from technic_stream.topics import topic_name
 from tests.integration.gateway_helpers import new_key, running_gateway, ws_client
-from tests.integration.helpers import read_topic
+from tests.integration.helpers import read_topic, run_cli
 
 PROBLEM = "application/problem+json"
 
@@ -236,14 +236,8 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(settings, 
 
 
 async def _cli(settings, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
-    env.update(TECHNIC_MONGO_URL=settings.mongo_url, TECHNIC_MONGO_DB=settings.mongo_db)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "technic_stream", "keys", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
+    env = {"TECHNIC_MONGO_URL": settings.mongo_url, "TECHNIC_MONGO_DB": settings.mongo_db}
+    return await run_cli("keys", *args, env=env, within=60)
 
 
 async def test_keys_cli_creates_lists_and_revokes(settings):

@@ -29,7 +29,7 @@ from technic_stream.storage import mongo_client
 from technic_stream.storage.bars import BarArchive
 from technic_stream.topics import topic_name
 from tests.integration.engine_helpers import wait_for
-from tests.integration.helpers import read_topic
+from tests.integration.helpers import read_topic, run_cli
 from tests.rules.reference import evaluate
 
 SAMPLE = ("AAPL", "FB", "GOOG", "IBM", "MSFT")
@@ -239,18 +239,9 @@ async def test_a_stopped_worker_resumes_from_checkpoints_and_a_done_scan_is_not_
 
 
 async def _scan_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    import os
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TECHNIC_")}
-    env.update(TECHNIC_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-               TECHNIC_TOPIC_PREFIX=settings.topic_prefix)  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "technic_stream", "scan", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    return proc.returncode or 0, out.decode(), err.decode()
+    env = {"TECHNIC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "TECHNIC_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
+    return await run_cli("scan", *args, env=env)
 
 
 async def test_the_scan_command_shows_progress_and_prints_the_ranked_table(sample_archive):
