@@ -36,6 +36,7 @@ from technic_stream.messages import (
     encode,
 )
 from technic_stream.rules import RuleError, parse_rule
+from technic_stream.storage.scans import request_doc, store_symbols
 from technic_stream.topics import topic_name
 
 if TYPE_CHECKING:
@@ -423,14 +424,17 @@ async def submit_scan(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise _validation_problem(exc) from None
     now = datetime.now(UTC)
+    stored, symbols = request_doc(req)
     doc = {"_id": scan_id, "owner": who.owner, "status": "queued", "submitted_at": now,
-           "request": req.model_dump(mode="json", exclude={"type", "v"})}  # fmt: skip
+           "request": stored}  # fmt: skip
     from pymongo.errors import DuplicateKeyError
 
     try:
         await gw.db["scans"].insert_one(doc)
     except DuplicateKeyError:
         raise Problem(409, "Conflict", f"scan {scan_id} exists") from None
+    if symbols is not None:
+        await store_symbols(gw.db, scan_id, symbols)
     await _publish(gw, "scan.requests", scan_id, encode(req))
     return _json({"scan_id": scan_id, "status": "queued", "channel": f"scan.{scan_id}"}, 202)
 

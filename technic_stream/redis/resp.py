@@ -11,16 +11,30 @@ command refused with ``NOSCRIPT`` did nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
-__all__ = ["Arg", "Command", "InlineHset", "Script", "execute", "pack", "pack_args"]
+try:  # redis-py's hiredis parser (private): replies read in C, see _read_hiredis
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+except ImportError:  # pragma: no cover - another redis-py layout: read_response per reply
+    NOT_ENOUGH_DATA = object()
+
+    class _AsyncHiredisParser:  # type: ignore[no-redef]
+        _reader: Any = None
+
+
+__all__ = [
+    "Arg", "Command", "InlineHset", "Script", "execute", "hmget_table", "pack", "pack_args",
+]  # fmt: skip
 
 Arg = bytes | str | int | float
 
@@ -136,11 +150,67 @@ async def execute(
     return replies
 
 
+async def hmget_table(
+    redis: aioredis.Redis, keys: Sequence[str], fields: Sequence[str], *, per_trip: int = 10_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fields`` of each hash in ``keys`` as a float table (keys by fields; a missing
+    field is NaN) and a status per key: 2 every field present, 1 the hash lacks some,
+    0 it lacks the first field or all of them (no hash). One pipelined ``HMGET`` per key,
+    ``per_trip`` keys a round trip, packed from a shared suffix: 10,000 keys of four
+    fields in ~55 ms here, where a Lua loop over the keys (one flat reply) took ~130 ms,
+    ~70 of them the server's."""
+    m = len(fields)
+    if not fields:
+        raise ValueError("hmget_table needs at least one field")
+    head = b"*%d\r\n$5\r\nHMGET\r\n" % (m + 2)
+    tail = b"".join(pack_args(fields))
+    tables: list[np.ndarray] = []
+    states: list[np.ndarray] = []
+    for lo in range(0, len(keys), per_trip):
+        part = [k.encode() for k in keys[lo : lo + per_trip]]
+        payload = b"".join([b"%b$%d\r\n%b\r\n%b" % (head, len(k), k, tail) for k in part])
+        replies = await _roundtrip(redis, payload, len(part))
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        flat = [v for row in replies for v in row]
+        absent = np.fromiter((v is None for v in flat), dtype=np.bool_, count=len(flat))
+        absent = absent.reshape(len(part), m)
+        tables.append(_floats(flat).reshape(len(part), m))
+        missing = absent.sum(axis=1)
+        states.append(np.where(missing == 0, 2, np.where(absent[:, 0] | (missing == m), 0, 1)))
+    if not tables:
+        return np.empty((0, m)), np.empty(0, np.uint8)
+    return np.concatenate(tables), np.concatenate(states).astype(np.uint8)
+
+
+def _floats(values: list[bytes | None]) -> np.ndarray:
+    """Hash values as float64, absent ones NaN: as one JSON array (orjson parses a
+    number ten times faster than ``float(bytes)`` or NumPy's text parsing), else — an
+    ``inf`` or a value that is no number — one by one."""
+    try:
+        text = b",".join([b"null" if v is None or v == b"nan" else v for v in values])
+        return np.array(orjson.loads(b"[" + text + b"]"), dtype=np.float64)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return np.array([_float(v) for v in values], dtype=np.float64)
+
+
+def _float(v: bytes | None) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except ValueError:
+        return math.nan
+
+
 async def _roundtrip(redis: aioredis.Redis, payload: bytes, n: int) -> list[Any]:
     pool = redis.connection_pool
     conn = await pool.get_connection()
     try:
         await conn.send_packed_command(payload)
+        parser = getattr(conn, "_parser", None)
+        if isinstance(parser, _AsyncHiredisParser) and parser._reader is not None:
+            async with asyncio.timeout(conn.socket_timeout):
+                return await _read_hiredis(parser, n)
         replies: list[Any] = []
         for _ in range(n):
             try:
@@ -153,6 +223,27 @@ async def _roundtrip(redis: aioredis.Redis, payload: bytes, n: int) -> list[Any]
         raise
     finally:
         await pool.release(conn)
+
+
+async def _read_hiredis(parser: _AsyncHiredisParser, n: int) -> list[Any]:
+    """``n`` replies straight from the connection's hiredis reader: one C call per reply
+    instead of a coroutine per reply (``read_response`` costs ~10 µs a reply, which a
+    10,000-command pipeline feels). Errors come back as exception objects, as from the
+    reader; a connection error raises. RESP2 only (no push messages on this path)."""
+    reader = parser._reader
+    assert reader is not None
+    gets = reader.gets
+    replies: list[Any] = []
+    append = replies.append
+    while len(replies) < n:
+        reply = gets()
+        if reply is NOT_ENOUGH_DATA:
+            await parser.read_from_socket()
+            continue
+        if isinstance(reply, ConnectionError):
+            raise reply
+        append(reply)
+    return replies
 
 
 def _noscript(reply: Any) -> bool:

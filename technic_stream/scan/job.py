@@ -56,10 +56,11 @@ from technic_stream.messages import (
     encode,
 )
 from technic_stream.redis.channels import ChannelPublisher
-from technic_stream.redis.resp import Script, execute
+from technic_stream.redis.resp import Script, execute, hmget_table
 from technic_stream.rules import RuleError, RuleSet, compile_rules
 from technic_stream.scan.eta import Eta
 from technic_stream.storage.bars import BarArchive
+from technic_stream.storage.scans import request_doc, store_symbols
 from technic_stream.topics import topic_name
 
 __all__ = ["ScanContext", "ScanInterrupted", "ScanJob"]
@@ -114,8 +115,21 @@ def _now_ms() -> int:
 
 
 @dataclass
+class _Latest:
+    """The engine's values for symbols of a chunk: ``table`` row k is ``symbols[k]``'s
+    ``ts`` and the rule's columns."""
+
+    symbols: list[str]
+    table: np.ndarray
+
+    @classmethod
+    def empty(cls, columns: int) -> _Latest:
+        return cls([], np.empty((0, 1 + columns)))
+
+
+@dataclass
 class _Loaded:
-    latest: dict[str, np.ndarray]
+    latest: _Latest
     series: dict[str, dict[str, np.ndarray]]
     hits: int = 0
     misses: int = 0
@@ -176,7 +190,9 @@ class ScanJob:
         # checkpointed (a redelivered unfinished snapshot simply runs again)
         self._memory: list[list[dict[str, Any]]] | None = [] if req.mode == "snapshot" else None
         self._last_stored = 0.0
-        self._prefetched: dict[str, np.ndarray] | None = None
+        self._symbols_stored: asyncio.Task[None] | None = None
+        # symbol → row of the values read while resolving a snapshot's universe
+        self._prefetched: tuple[dict[str, int], np.ndarray] | None = None
         self._min_gap = 1.0 / s.scan_progress_hz
         self._last_progress = 0.0
         self._stage = "queued"
@@ -238,6 +254,7 @@ class ScanJob:
                      extra={"scan_id": req.scan_id, "status": finished})  # fmt: skip
             return finished
         await self._store_request("running")
+        self._last_stored = time.monotonic()  # (the next progress need not write it again)
         try:
             rules = compile_rules([req.rule])
         except RuleError as exc:
@@ -283,6 +300,7 @@ class ScanJob:
         )  # fmt: skip
         await self._emit_result(final)
         await self._progress(status, force=True)  # stored before the status says finished
+        await self._symbols_written()
         await db["scans"].update_one(
             {"_id": req.scan_id},
             {"$set": {"status": status, "total_matches": total_matches,
@@ -319,13 +337,22 @@ class ScanJob:
 
     async def _store_request(self, status: str) -> None:
         req = self.req
+        doc, symbols = request_doc(req)
         await self.ctx.db["scans"].update_one(
             {"_id": req.scan_id},
-            {"$set": {"owner": req.owner, "status": status,
-                      "request": req.model_dump(mode="json", exclude={"type", "v"})},
+            {"$set": {"owner": req.owner, "status": status, "request": doc},
              "$setOnInsert": {"submitted_at": datetime.now(UTC)}},
             upsert=True,
         )  # fmt: skip
+        if symbols is not None and self._symbols_stored is None:
+            # a long list: stored beside the scan while it runs (awaited before it ends)
+            self._symbols_stored = asyncio.create_task(
+                store_symbols(self.ctx.db, req.scan_id, symbols)
+            )
+
+    async def _symbols_written(self) -> None:
+        if self._symbols_stored is not None:
+            await self._symbols_stored
 
     async def _finished(self) -> None:
         async with self.ctx.redis.pipeline(transaction=False) as pipe:
@@ -340,6 +367,7 @@ class ScanJob:
                          ts=_now_ms())  # fmt: skip
         await self._emit_result(res)
         await self._progress("failed", force=True)
+        await self._symbols_written()
         await self.ctx.db["scans"].update_one(
             {"_id": req.scan_id},
             {"$set": {"status": "failed", "error": error, "finished_at": datetime.now(UTC)}},
@@ -472,21 +500,10 @@ class ScanJob:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``fields`` of each symbol's ``ind:{tf}:{symbol}`` hash as a float table
         (symbols by fields) and a status per symbol: 2 every field present, 1 the hash
-        exists but lacks a field, 0 no hash. Thousands of keys per round trip, as one flat
-        reply converted in one NumPy pass (a reply per key would cost more than the scan)."""
+        exists but lacks a field, 0 no hash (:func:`hmget_table`)."""
         prefix, tf = self.ctx.settings.redis_prefix, self.req.tf
-        tables, states = [], []
-        for lo in range(0, len(symbols), _HMGET_KEYS):
-            keys = [f"{prefix}ind:{tf}:{s}" for s in symbols[lo : lo + _HMGET_KEYS]]
-            (reply,) = await execute(self.ctx.redis, [_HMGET_MANY.call(keys, fields)],
-                                     scripts=(_HMGET_MANY,))  # fmt: skip
-            flat, status = reply
-            table = np.array(flat, dtype=np.bytes_).astype(np.float64)
-            tables.append(table.reshape(len(keys), len(fields)))
-            states.append(np.frombuffer(status, dtype=np.uint8) - ord("0"))
-        if not tables:
-            return np.empty((0, len(fields))), np.empty(0, np.uint8)
-        return np.concatenate(tables), np.concatenate(states)
+        keys = [f"{prefix}ind:{tf}:{s}" for s in symbols]
+        return await hmget_table(self.ctx.redis, keys, fields)
 
     async def _with_values(self, symbols: list[str], rules: RuleSet) -> set[str]:
         """Symbols the engine has values for; the values the rule needs are kept for the
@@ -494,9 +511,11 @@ class ScanJob:
         direct = not any(i.lag for i in rules.inputs) and bool(rules.columns)
         table, status = await self._hash_table(symbols, ["ts", *rules.columns] if direct
                                                else ["ts"])  # fmt: skip
+        flags = status.tolist()
         if direct:
-            self._prefetched = {s: table[k] for k, s in enumerate(symbols) if status[k] == 2}
-        return {s for k, s in enumerate(symbols) if status[k]}
+            rows = {s: k for k, (s, f) in enumerate(zip(symbols, flags, strict=True)) if f == 2}
+            self._prefetched = (rows, table)
+        return {s for s, f in zip(symbols, flags, strict=True) if f}
 
     async def _load_chunk(self, rules: RuleSet, i: int, chunk: list[str]) -> _Loaded:
         data = await self._load(rules, chunk)
@@ -509,9 +528,10 @@ class ScanJob:
         await self._progress("load_data")
         if self.req.mode == "snapshot":
             latest = await self._latest_values(rules, chunk)
-            missing = [s for s in chunk if s not in latest]
+            have = set(latest.symbols)
+            missing = [s for s in chunk if s not in have]
         else:
-            latest, missing = {}, list(chunk)
+            latest, missing = _Latest.empty(len(rules.columns)), list(chunk)
         series, hits, misses = await self._series(missing)
         return _Loaded(latest, series, hits, misses)
 
@@ -527,15 +547,20 @@ class ScanJob:
         CHUNKS_COMPUTED.inc()
         return found
 
-    async def _latest_values(self, rules: RuleSet, chunk: list[str]) -> dict[str, np.ndarray]:
-        """The engine's current values where they answer the rule (inputs at lag 0)."""
+    async def _latest_values(self, rules: RuleSet, chunk: list[str]) -> _Latest:
+        """The engine's current values where they answer the rule (inputs at lag 0); no
+        hash, or not every column: the archive answers for those symbols."""
         if any(i.lag for i in rules.inputs) or not rules.columns:
-            return {}
+            return _Latest.empty(len(rules.columns))
         if self._prefetched is not None:
-            return {s: self._prefetched[s] for s in chunk if s in self._prefetched}
-        table, status = await self._hash_table(chunk, ["ts", *rules.columns])
-        # no hash, or not every column: the archive answers for those
-        return {s: table[k] for k, s in enumerate(chunk) if status[k] == 2}
+            index, table = self._prefetched
+        else:
+            table, status = await self._hash_table(chunk, ["ts", *rules.columns])
+            index = {s: k for k, (s, f) in enumerate(zip(chunk, status.tolist(), strict=True))
+                     if f == 2}  # fmt: skip
+        syms = [s for s in chunk if s in index]
+        rows = np.fromiter((index[s] for s in syms), dtype=np.intp, count=len(syms))
+        return _Latest(syms, table[rows])
 
     async def _series(
         self, symbols: list[str]
@@ -574,20 +599,23 @@ class ScanJob:
         self,
         rules: RuleSet,
         chunk: list[str],
-        latest: dict[str, np.ndarray],
+        latest: _Latest,
         series: dict[str, dict[str, np.ndarray]],
     ) -> _Found:
         found = _Found()
         names = rules.columns
-        if latest:
-            syms = [s for s in chunk if s in latest]
-            table = np.stack([latest[s] for s in syms], axis=1)  # (1 + columns, symbols)
-            res = rules.evaluate_latest(table[1:])
+        if latest.symbols:
+            table = latest.table  # (symbols, ts + columns)
+            res = rules.evaluate_latest(np.ascontiguousarray(table[:, 1:].T))
             hit = np.flatnonzero(res.match(0))
             score = res.score(0)
-            for j in hit.tolist():
-                found.rows.append((syms[j], int(table[0, j]), _num(score, j),
-                                   _values(names, table[1:, j])))  # fmt: skip
+            hit_scores = [None] * len(hit) if score is None else _nums(score[hit])
+            ts = table[hit, 0].astype(np.int64).tolist()
+            rows = np.where(np.isfinite(table[hit, 1:]), table[hit, 1:], np.nan).tolist()
+            for j, t, sc, vals in zip(hit.tolist(), ts, hit_scores, rows, strict=True):
+                found.rows.append((latest.symbols[j], t, sc,
+                                   {n: (x if x == x else None)
+                                    for n, x in zip(names, vals, strict=True)}))  # fmt: skip
         start = self.req.start
         for s in chunk:
             bars = series.get(s)
@@ -646,17 +674,31 @@ class ScanJob:
     # -- events ----------------------------------------------------------------------------
 
     async def _partial(self, i: int, found: _Found) -> None:
-        matches = [ScanMatch(symbol=s, ts=ts, score=sc, values=v) for s, ts, sc, v in found.rows]
-        res = ScanResult(
-            scan_id=self.req.scan_id, owner=self.req.owner, status="partial", chunk=i,
-            matches=matches[:PARTIAL_MATCHES], total_matches=len(matches),
-            symbols_scanned=found.scanned, ts=_now_ms(),
-        )  # fmt: skip
-        await self._emit_result(res)
+        """A chunk's matches as a ``partial`` ScanResult. Written as JSON straight from
+        the rows (they hold checked values already: a pydantic model per match cost more
+        than computing a snapshot chunk); a message too large goes the model's way."""
+        req = self.req
+        body = {
+            "type": "scan_result", "v": 1, "scan_id": req.scan_id, "owner": req.owner,
+            "status": "partial", "chunk": i,
+            "matches": [{"symbol": s, "ts": ts, "score": sc, "values": v}
+                        for s, ts, sc, v in found.rows[:PARTIAL_MATCHES]],
+            "total_matches": len(found.rows), "symbols_scanned": found.scanned,
+            "unknown_symbols": [], "error": None, "ts": _now_ms(),
+        }  # fmt: skip
+        data = orjson.dumps(body)
+        if len(data) > self._message_limit:
+            await self._emit_result(ScanResult.model_validate(body))
+            return
+        await self._send_result(data, final=False)
+
+    @property
+    def _message_limit(self) -> int:
+        return int(self.ctx.settings.max_message_bytes * 0.9)
 
     async def _emit_result(self, res: ScanResult) -> None:
         data = encode(res)
-        limit = int(self.ctx.settings.max_message_bytes * 0.9)
+        limit = self._message_limit
         if len(data) > limit:  # first without the per-match values, then fewer matches
             slim = [m.model_copy(update={"values": {}}) for m in res.matches]
             res = res.model_copy(update={"matches": slim})
@@ -664,9 +706,12 @@ class ScanJob:
             while len(data) > limit and res.matches:
                 res = res.model_copy(update={"matches": res.matches[: len(res.matches) // 2]})
                 data = encode(res)
+        await self._send_result(data, final=res.status != "partial")
+
+    async def _send_result(self, data: bytes, *, final: bool) -> None:
         topic = topic_name(self.ctx.settings.topic_prefix, "scan.results")
         await self.ctx.producer.send(topic, data, key=self.req.scan_id.encode())
-        if res.status != "partial":
+        if final:
             await self.ctx.producer.flush()  # the final result (and all before it) acked
         await self.ctx.publisher.publish_many([(self.channel, data, None)], validate=False)
 
@@ -736,31 +781,6 @@ end
 return 0
 """)
 
-_HMGET_KEYS = 5_000
-_HMGET_MANY = Script("""
-local flat, status, n = {}, {}, #ARGV
-for i, key in ipairs(KEYS) do
-  local row = redis.call('HMGET', key, unpack(ARGV))
-  local missing = 0
-  for j = 1, n do
-    local v = row[j]
-    if not v then
-      missing = missing + 1
-      v = 'nan'
-    end
-    flat[#flat + 1] = v
-  end
-  if missing == 0 then
-    status[i] = '2'
-  elseif missing == n or not row[1] then
-    status[i] = '0'
-  else
-    status[i] = '1'
-  end
-end
-return {flat, table.concat(status)}
-""")
-
 
 def _pack(bars: dict[str, np.ndarray]) -> bytes:
     """n, ts (int64) and the five float64 columns, raw: the fastest form to load again."""
@@ -792,6 +812,10 @@ def _num(arr: np.ndarray | None, j: int) -> float | None:
         return None
     x = float(arr[j])
     return x if math.isfinite(x) else None
+
+
+def _nums(arr: np.ndarray) -> list[float | None]:
+    return [x if math.isfinite(x) else None for x in arr.astype(np.float64).tolist()]
 
 
 def _values(names: list[str], col: np.ndarray) -> dict[str, float | None]:

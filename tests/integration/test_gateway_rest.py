@@ -12,6 +12,7 @@ import aiohttp
 from technic_stream.messages import AlertRule, ScanControl, ScanRequest, decode
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
+from technic_stream.storage.scans import INLINE_SYMBOLS
 from technic_stream.topics import topic_name
 from tests.integration.gateway_helpers import new_key, running_gateway, ws_client
 from tests.integration.helpers import read_topic, run_cli
@@ -124,6 +125,31 @@ async def test_scans_are_submitted_readable_by_their_owner_and_cancellable(setti
     assert (req.key, request.owner, request.rule) == (scan_id.encode(), "alice", "rsi(14) < 30")
     (ctl,) = await read_topic(settings, topic_name(settings.topic_prefix, "scan.control"), expect=1)
     assert decode(ctl.value, ScanControl).action == "cancel"
+
+
+async def test_a_long_symbol_list_is_kept_beside_the_scan_document(settings):
+    symbols = [f"S{i:05d}" for i in range(INLINE_SYMBOLS + 500)]
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        alice = {"Authorization": f"Bearer {gw.token('alice')}"}
+        scan = {"rule": "close > 1", "symbols": symbols, "tf": "1d"}
+        async with http.post("/v1/scans", json=scan, headers=alice) as r:
+            assert r.status == 202, await r.text()
+            scan_id = (await r.json())["scan_id"]
+        async with http.get(f"/v1/scans/{scan_id}", headers=alice) as r:
+            request = (await r.json())["request"]
+    assert request["symbols"] == symbols[:INLINE_SYMBOLS]
+    assert request["symbols_count"] == len(symbols)
+    assert request["symbols_stored_in"] == "scan_symbols"
+    mongo = mongo_client(settings)
+    try:
+        doc = await mongo[settings.mongo_db]["scan_symbols"].find_one({"_id": scan_id})
+    finally:
+        await mongo.close()
+    assert doc is not None and doc["symbols"] == symbols
+    (req,) = await read_topic(
+        settings, topic_name(settings.topic_prefix, "scan.requests"), expect=1
+    )
+    assert decode(req.value, ScanRequest).symbols == symbols  # the workers get them all
 
 
 async def test_indicators_symbols_devices_and_webhooks(settings):

@@ -1,15 +1,17 @@
 """Hand-packed pipelines against a real Redis: inline HSET reads back bit-exact, replies
-come back in order, errors surface after every reply is read, NOSCRIPT is recovered."""
+come back in order, errors surface after every reply is read, NOSCRIPT is recovered;
+``hmget_table`` reads thousands of hashes into one exact float table."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from redis.exceptions import ResponseError
 
 from technic_stream.redis import redis_client
-from technic_stream.redis.resp import InlineHset, Script, execute
+from technic_stream.redis.resp import InlineHset, Script, execute, hmget_table
 
 
 @pytest.fixture
@@ -54,3 +56,42 @@ async def test_errors_surface_after_all_replies_and_noscript_is_recovered(settin
         42,
         b"PONG",
     ]
+
+
+async def test_hmget_table_reads_many_hashes_exactly_with_a_status_per_key(settings, redis):
+    rng = np.random.default_rng(3)
+    n = 2_500  # over one round trip (per_trip below)
+    values = rng.normal(100, 50, size=(n, 3))
+    values[7, 2] = float("nan")  # not ready: the engine writes "nan"
+    values[8, 1] = float("inf")
+    hset = InlineHset(["ts", "close", "rsi_14", "sma_20"])
+    keys = [f"{settings.redis_prefix}ind:1d:S{i:05d}" for i in range(n)]
+    cmds = [hset.general(k, [i, *v]) if np.isinf(v).any() else hset.command(k, [i, *v])
+            for i, (k, v) in enumerate(zip(keys, values.tolist(), strict=True))]  # fmt: skip
+    await execute(redis, cmds)
+    await redis.hdel(keys[11], "rsi_14")  # lacks one field: status 1
+    await redis.delete(keys[12])  # no hash: status 0
+    await redis.delete(keys[13])
+    await redis.hset(keys[13], "close", 5.0)  # no ts: status 0
+
+    fields = ["ts", "close", "rsi_14"]
+    table, status = await hmget_table(redis, keys, fields, per_trip=1_000)
+
+    assert table.shape == (n, 3) and table.dtype == np.float64
+    want = np.column_stack([np.arange(n, dtype=np.float64), values[:, :2]])
+    ok = np.ones(n, bool)
+    ok[[11, 12, 13]] = False
+    np.testing.assert_array_equal(table[ok], want[ok])  # bit for bit, NaN and inf included
+    assert status[[11, 12, 13]].tolist() == [1, 0, 0]
+    assert (status[ok] == 2).all()
+    assert math.isnan(table[11, 2]) and table[11, 1] == values[11, 0]
+    assert np.isnan(table[12]).all()
+    assert table[13].tolist()[1] == 5.0 and math.isnan(table[13, 0])
+
+
+async def test_hmget_table_raises_on_a_key_that_is_not_a_hash(settings, redis):
+    key = f"{settings.redis_prefix}not-a-hash"
+    await redis.set(key, "x")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await hmget_table(redis, [key], ["ts"])
+    assert await redis.get(key) == b"x"  # the connection is still in step

@@ -27,6 +27,7 @@ from technic_stream.rules import compile_rules, parse_rule
 from technic_stream.scan.service import ScanWorker, scanner_service
 from technic_stream.storage import mongo_client
 from technic_stream.storage.bars import BarArchive
+from technic_stream.storage.scans import INLINE_SYMBOLS
 from technic_stream.topics import topic_name
 from tests.integration.engine_helpers import wait_for
 from tests.integration.helpers import read_topic, run_cli
@@ -449,3 +450,36 @@ async def test_a_snapshot_of_a_generated_universe_matches_the_reference_ranked(s
     assert got == [(s, t) for s, t, _ in best]
     assert all(math.isclose(m["score"], e[2], rel_tol=1e-12)
                for m, e in zip(doc["top"], best, strict=True))  # fmt: skip
+
+
+async def test_a_snapshot_of_thousands_of_symbols_from_the_engine_values_alone(settings):
+    # more symbols than the scan document keeps inline: the whole list goes beside it
+    n = INLINE_SYMBOLS + 200
+    rng = np.random.default_rng(11)
+    closes = rng.uniform(10, 200, n).round(4)
+    closes[5] = float("nan")  # not ready: no match
+    symbols = [f"V{i:05d}" for i in range(n)]
+    redis = redis_client(settings)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for s, c in zip(symbols, closes.tolist(), strict=True):
+                pipe.hset(f"{settings.redis_prefix}ind:1d:{s}",
+                          mapping={"ts": 1_700_000_000_000, "close": repr(c)})  # fmt: skip
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    async with running_scanner(settings):
+        await submit(settings, request("snapmany", "close > 150 rank by close desc",
+                                       symbols=symbols, limit=10_000))  # fmt: skip
+        doc = await scan_doc(settings, "snapmany")
+    assert doc["status"] == "done" and doc["symbols_scanned"] == n
+    order = sorted((i for i in range(n) if closes[i] > 150), key=lambda i: -closes[i])
+    assert [m["symbol"] for m in doc["top"]] == [symbols[i] for i in order]
+    assert [m["score"] for m in doc["top"]] == [closes[i] for i in order]
+    assert doc["request"]["symbols_count"] == n
+    mongo = mongo_client(settings)
+    try:
+        kept = await mongo[settings.mongo_db]["scan_symbols"].find_one({"_id": "snapmany"})
+    finally:
+        await mongo.close()
+    assert kept is not None and kept["symbols"] == symbols
