@@ -6,6 +6,13 @@ Redis written) → commit the next offset of every partition in the batch.
 A crash between processing and commit replays only that batch (at-least-once);
 outputs carry deterministic ids so downstream drops the duplicates.
 
+A handler may return from ``on_batch`` before the batch is durable, handing back an
+awaitable that completes when it is (its writes in flight): the consumer then fetches
+and hands over the next batch while those writes travel, and commits the batch once its
+awaitable is done — before it settles the next one, so commits stay in order. At most
+one such batch is pending; a rebalance, a stop or a close waits for it (and commits it)
+before the handler is told to let partitions go.
+
 Rebalances run concurrently with processing in aiokafka, so the revoke hook
 waits for the batch in flight (and its commit) before it lets partitions go.
 """
@@ -16,7 +23,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -53,12 +60,13 @@ Batch = dict[TopicPartition, list[Any]]
 class BatchHandler(Protocol):
     """What a consumer process implements.
 
-    ``on_batch`` must return only after the batch's outputs are durable; the
-    consumer commits right after. ``on_revoked`` must flush and checkpoint what
-    the process holds for those partitions; ``on_assigned`` restores it.
+    ``on_batch`` returns None once the batch's outputs are durable (the consumer
+    commits right after), or an awaitable that completes when they are (see the
+    module). ``on_revoked`` must flush and checkpoint what the process holds for those
+    partitions; ``on_assigned`` restores it.
     """
 
-    async def on_batch(self, batch: Batch) -> None: ...
+    async def on_batch(self, batch: Batch) -> Awaitable[None] | None: ...
     async def on_assigned(self, partitions: set[TopicPartition]) -> None: ...
     async def on_revoked(self, partitions: set[TopicPartition]) -> None: ...
 
@@ -115,6 +123,8 @@ class BatchConsumer(AsyncResource):
         # those records were handled already
         self._next: dict[TopicPartition, int] = {}
         self._reread: dict[TopicPartition, int] = {}  # position a gap made us re-read from
+        # a batch handed over whose outputs are still being written: (done, offsets, counts)
+        self._pending: tuple[asyncio.Future[None], dict[TopicPartition, int], Batch] | None = None
         self.duplicates_dropped = 0
         self.records_processed = 0
 
@@ -162,7 +172,15 @@ class BatchConsumer(AsyncResource):
                 consumer.getmany(timeout_ms=s.kafka_fetch_timeout_ms, max_records=self._max_records)
             )
             stop_wait = asyncio.ensure_future(self._stopping.wait())
-            done, _ = await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                waits: set[asyncio.Future[Any]] = {fetch, stop_wait}
+                if self._pending is not None:
+                    waits.add(self._pending[0])
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if fetch in done or stop_wait in done:
+                    break
+                async with self._lock:  # the pending batch is written: commit it now,
+                    await self._settle()  # not when the next batch comes
             stop_wait.cancel()
             if fetch not in done:
                 # Stop requested while waiting for data: nothing fetched is lost
@@ -173,6 +191,8 @@ class BatchConsumer(AsyncResource):
             batch: Batch = fetch.result()
             if batch:
                 await self._process(batch)
+        async with self._lock:
+            await self._settle()
 
     async def _process(self, batch: Batch) -> None:
         assert self._consumer is not None
@@ -183,14 +203,30 @@ class BatchConsumer(AsyncResource):
             batch = {tp: recs for tp, recs in batch.items() if recs}
             if not batch:
                 return
-            await self._handler.on_batch(batch)
+            done = await self._handler.on_batch(batch)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
             self._next.update(offsets)
-            await self._commit(offsets)
-            for tp, recs in batch.items():
-                CONSUMED.labels(tp.topic).inc(len(recs))
-                self.records_processed += len(recs)
+            await self._settle()  # the batch before (its commit comes first)
+            if done is None:
+                await self._committed(offsets, batch)
+            else:
+                self._pending = (asyncio.ensure_future(done), offsets, batch)
         BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+
+    async def _settle(self) -> None:
+        """Wait for the pending batch's outputs and commit it (under ``_lock``)."""
+        if self._pending is None:
+            return
+        done, offsets, batch = self._pending
+        self._pending = None
+        await done
+        await self._committed(offsets, batch)
+
+    async def _committed(self, offsets: dict[TopicPartition, int], batch: Batch) -> None:
+        await self._commit(offsets)
+        for tp, recs in batch.items():
+            CONSUMED.labels(tp.topic).inc(len(recs))
+            self.records_processed += len(recs)
 
     def _fresh(self, tp: TopicPartition, records: list[Any]) -> list[Any]:
         """The records at or after our position in ``tp``.
@@ -243,6 +279,7 @@ class BatchConsumer(AsyncResource):
 
     async def _on_revoked(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:  # waits for the batch in flight and its commit
+            await self._settle()
             log.info(
                 "partitions revoked",
                 extra={"group": self.group_id, "partitions": _fmt(partitions)},
@@ -295,6 +332,7 @@ class BatchConsumer(AsyncResource):
         if self._consumer is not None:
             if was_running:
                 async with self._lock:
+                    await self._settle()
                     await self._handler.on_revoked(self.assignment())
             await self._consumer.stop()
             self._consumer = None

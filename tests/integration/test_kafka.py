@@ -198,3 +198,63 @@ async def test_send_many_lands_each_key_where_send_puts_it_in_order(settings):
     assert {(r.key, r.value): r.partition for r in b} == where
     for key in {k for k, _ in records}:  # per key, in the order sent
         assert [r.value for r in b if r.key == key] == [v for k, v in records if k == key]
+
+
+class _DeferredWrites(BarCollector):
+    """Hands back each batch's "writes" as a task that waits for a release, the way the
+    engine overlaps a batch's round trips with the next batch's work."""
+
+    def __init__(self, settings, producer) -> None:
+        super().__init__(settings, producer)
+        self.release: list[asyncio.Event] = []
+        self.written: list[int] = []  # batch numbers, in the order their writes finished
+
+    async def on_batch(self, batch):
+        await super().on_batch(batch)
+        n, gate = self.batches, asyncio.Event()
+        self.release.append(gate)
+
+        async def write() -> None:
+            await gate.wait()
+            self.written.append(n)
+
+        return asyncio.create_task(write())
+
+
+async def test_a_batch_handed_back_unwritten_is_committed_only_once_written(settings):
+    settings = settings.model_copy(update={"kafka_fetch_max_records": 5})
+    topic = f"{settings.topic_prefix}md.bars"
+    group = f"g-{settings.topic_prefix}"
+    loop = asyncio.get_running_loop()
+
+    async def until(cond, what: str) -> None:
+        deadline = loop.time() + 20
+        while not cond():
+            assert loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    async with Producer(settings) as producer:
+        for i in range(10):
+            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
+        await producer.flush()
+        handler = _DeferredWrites(settings, producer)
+        async with BatchConsumer(settings, [topic], group, handler) as c:
+            run = asyncio.create_task(c.run())
+            # the second batch is handed over while the first one's writes are pending,
+            # and the consumer then waits for the first (one batch pending at most)
+            await until(lambda: handler.batches == 2, "a second batch")
+            assert c.committed == {} and handler.written == []
+            first_end = handler.handled[4][1] + 1
+            handler.release[0].set()
+            await until(lambda: c.committed, "the first commit")
+            (tp,) = c.committed
+            assert c.committed[tp] == first_end
+            # no more records arrive: the last batch is committed when written, not later
+            await asyncio.sleep(0.3)
+            assert c.committed[tp] == first_end  # not before its writes finish
+            handler.release[1].set()
+            await until(lambda: c.committed[tp] == handler.handled[-1][1] + 1, "the last commit")
+            assert handler.written == [1, 2]
+            c.stop()
+            await asyncio.wait_for(run, 10)
+    assert c.records_processed == 10
