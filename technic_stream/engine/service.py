@@ -9,11 +9,16 @@ Per fetched batch, under one lock (rule changes and rebalances wait for it):
    candidates by mode, and ask the alert gate (cooldown, expiry, throttle, ``once``) in
    one pipeline; a firing goes to ``alerts.fired`` (key: owner) and to the channel
    ``alerts.{owner}``, both under the deterministic alert id;
-4. write each touched symbol's latest values — ``ind:{tf}:{symbol}`` hashes and the
-   channels ``ind.{tf}.{symbol}`` / ``bars.{tf}.{symbol}`` — in one pipeline (several
-   bars of one symbol in one batch are conflated to the latest, as quotes are);
-5. wait for the broker's acks; checkpoint partitions that are due (time or bar count);
-   the consumer then commits.
+4. build each touched symbol's latest values — ``ind:{tf}:{symbol}`` hashes and the
+   channels ``ind.{tf}.{symbol}`` / ``bars.{tf}.{symbol}`` (several bars of one symbol
+   in one batch are conflated to the latest, as quotes are) — and snapshot the
+   partitions due a checkpoint (time or bar count);
+5. hand the writes to a task and return it: the gate's calls and the values in one
+   Redis pipeline, the firings to Kafka, the broker's acks, then the checkpoints. The
+   consumer fetches the next batch meanwhile and commits this one when its task is
+   done; a batch's writes start only after the batch before's, so Redis and Kafka see
+   them in order, and anything else that needs the engine's lock (rule changes,
+   rebalances) waits for the writes in flight first.
 
 Rules come from the compacted ``alerts.rules`` topic, read in full by every process
 before it joins the group and followed afterwards. A rule that needs indicators a book
@@ -121,6 +126,32 @@ class _Touched:
 
 
 @dataclass
+class _Writes:
+    """What one batch's computation leaves to write (see ``EngineService._write``)."""
+
+    batch: Batch
+    requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]]
+    gate_reqs: list[GateRequest]
+    groups: Any
+    gate_calls: int
+    commands: list[Any]
+    snapshots: list[_Snapshot]
+    stages: dict[str, float]
+    started: float
+
+
+@dataclass
+class _Snapshot:
+    """A partition's state as of a batch, to store once that batch's outputs are."""
+
+    tp: TopicPartition
+    part: PartitionState
+    offset: int
+    blob: bytes
+    taken: float
+
+
+@dataclass
 class EngineService:
     """Batch handler of the engine group."""
 
@@ -161,18 +192,25 @@ class EngineService:
         self.alerts_sent = 0
         self.restored_from: dict[TopicPartition, int] = {}
         self._hsets: dict[tuple[str, ...], InlineHset] = {}
+        self._inflight: asyncio.Task[None] | None = None  # the last batch's writes
 
     def _new_part(self) -> PartitionState:
         return PartitionState(self.base, self.settings.engine_history_bars)
 
     # Batches ----------------------------------------------------------------------
 
-    async def on_batch(self, batch: Batch) -> None:
+    async def on_batch(self, batch: Batch) -> asyncio.Task[None]:
+        """Decode, compute and evaluate ``batch`` and build its writes; returns the task
+        that writes them (after the previous batch's), which the consumer awaits before
+        it commits — so this batch's work overlaps the previous batch's round trips."""
         async with self.lock:
             started = time.perf_counter()
             stages = dict.fromkeys(_STAGES, 0.0)
             now = _wall_ms()
-            for rule in self.rules.expire(now):
+            expired = self.rules.expire(now)
+            if expired:  # (rare) status events go after the writes before them
+                await self._drain()
+            for rule in expired:
                 await self._status_changed(rule)
             touched: dict[tuple[int, str], _Touched] = {}
             requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]] = []
@@ -201,32 +239,54 @@ class EngineService:
             gate_reqs = self._gate_requests(requests, now)
             gate_calls, groups = self.gate.commands(gate_reqs)
             stages["alerts"] += _lap(t)
-            # one round trip: the gate's decisions (and its channel appends), the hashes
-            # and the value channels
             t = time.perf_counter()
             await self._refresh_interest()
             values = self._value_commands(touched)
             stages["encode"] += _lap(t)
             t = time.perf_counter()
-            replies = await execute(self.redis, [*gate_calls, *values], scripts=self._scripts)
-            stages["write"] += _lap(t)
-            t = time.perf_counter()
-            verdicts = self.gate.verdicts(len(gate_reqs), groups, replies[: len(gate_calls)])
-            await self._fired(requests, gate_reqs, verdicts)
-            stages["alerts"] += _lap(t)
-            t = time.perf_counter()
-            await self.producer.flush()
-            stages["flush"] += _lap(t)
-            done_ms = _wall_ms()
-            for records in batch.values():
-                RECORD_AGE.observe(max(0, done_ms - records[0].timestamp) / 1000)
-            BATCH_SECONDS.observe(_lap(started))
-            t = time.perf_counter()
-            await self._checkpoint_due()
+            snapshots = await self._snapshots_due()
             stages["checkpoint"] += _lap(t)
-            for stage, seconds in stages.items():
-                STAGE_SECONDS.labels(stage).inc(seconds)
+            writes = _Writes(batch, requests, gate_reqs, groups, len(gate_calls),
+                             [*gate_calls, *values], snapshots, stages, started)  # fmt: skip
+            self._inflight = asyncio.create_task(
+                self._write(writes, self._inflight), name="engine-writes"
+            )
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
+            return self._inflight
+
+    async def _write(self, w: _Writes, before: asyncio.Task[None] | None) -> None:
+        """One batch's round trips, after the batch before's: the gate's decisions (and
+        its channel appends), the hashes and the value channels in one Redis pipeline;
+        the alerts to Kafka; the broker's acks; then the due checkpoints."""
+        if before is not None:
+            await before
+        stages = w.stages
+        t = time.perf_counter()
+        replies = await execute(self.redis, w.commands, scripts=self._scripts)
+        stages["write"] += _lap(t)
+        t = time.perf_counter()
+        verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies[: w.gate_calls])
+        await self._fired(w.requests, w.gate_reqs, verdicts)
+        stages["alerts"] += _lap(t)
+        t = time.perf_counter()
+        await self.producer.flush()
+        stages["flush"] += _lap(t)
+        done_ms = _wall_ms()
+        for records in w.batch.values():
+            RECORD_AGE.observe(max(0, done_ms - records[0].timestamp) / 1000)
+        BATCH_SECONDS.observe(_lap(w.started))
+        t = time.perf_counter()
+        for snap in w.snapshots:
+            await self._store(snap)
+        stages["checkpoint"] += _lap(t)
+        for stage, seconds in stages.items():
+            STAGE_SECONDS.labels(stage).inc(seconds)
+
+    async def _drain(self) -> None:
+        """Wait for the writes in flight (before anything that must follow them)."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
 
     def _apply(
         self,
@@ -299,7 +359,8 @@ class EngineService:
         verdicts: list[GateVerdict],
     ) -> None:
         """Act on the gate's verdicts: status changes, and each firing to ``alerts.fired``
-        (a replayed firing goes again, under the same id; it is in the channel already)."""
+        (a replayed firing goes again, under the same id — it is in the channel already —
+        unless this process sent it: a once-per-bar firing it has marked)."""
         out: list[tuple[bytes, bytes]] = []
         outcomes = dict.fromkeys(("fired", "replayed", "suppressed"), 0)
         for (part, c, sym, _b, _r, _bars), q, v in zip(requests, gate_reqs, verdicts, strict=True):
@@ -310,9 +371,16 @@ class EngineService:
             if not v.fire:
                 outcomes["suppressed"] += 1
                 continue
+            per_bar = m.mode in ("once_per_bar", "once_per_bar_close")
+            ts = int(_bars.ts[c.bar])
+            if v.replayed and per_bar and part.already_fired(m.rule_id, sym, ts):
+                # a correction of a bar whose firing the batch before sent (it was
+                # computed while that batch's decisions were on their way): sent once
+                outcomes["suppressed"] += 1
+                continue
             outcomes["replayed" if v.replayed else "fired"] += 1
-            if m.mode in ("once_per_bar", "once_per_bar_close"):
-                part.mark_fired(m.rule_id, sym, int(_bars.ts[c.bar]))
+            if per_bar:
+                part.mark_fired(m.rule_id, sym, ts)
             assert q.data is not None
             out.append((m.owner.encode(), q.data))
         await self.producer.send_many(self.alerts_topic, out)
@@ -416,6 +484,7 @@ class EngineService:
     async def on_rule_records(self, records: list[Any]) -> None:
         """Apply ``alerts.rules`` records (upserts and tombstones) in order."""
         async with self.lock:
+            await self._drain()  # the batch before sees the rules it was computed with
             changed: set[str] = set()
             for record in records:
                 rule_id = record.key.decode("utf-8", "replace") if record.key else None
@@ -473,39 +542,55 @@ class EngineService:
 
     # Checkpoints ------------------------------------------------------------------
 
-    async def _checkpoint_due(self) -> None:
+    async def _snapshots_due(self) -> list[_Snapshot]:
+        """Snapshots of the partitions due a checkpoint (time or bar count), taken now —
+        as of this batch — and stored by its writes, after its outputs. The batch
+        before's writes are waited for first: they record which once-per-bar alerts went
+        out, and the snapshot must hold that."""
         s = self.settings
         now = time.monotonic()
-        oldest = 0.0
-        for tp, part in self.parts.items():
-            due = part.next_offset != part.saved_offset and (
-                now - part.saved_at >= s.engine_checkpoint_interval_s
-                or part.bars_since_save >= s.engine_checkpoint_bars
-            )
-            if due:
-                await self._save(tp, part)
-            oldest = max(oldest, now - part.saved_at if part.saved_at else 0.0)
-        CHECKPOINT_AGE.set(oldest)
+        due = [(tp, part) for tp, part in self.parts.items()
+               if part.next_offset != part.saved_offset and (
+                   now - part.saved_at >= s.engine_checkpoint_interval_s
+                   or part.bars_since_save >= s.engine_checkpoint_bars)]  # fmt: skip
+        if due:
+            await self._drain()
+        out = [snap for tp, part in due if (snap := self._snapshot(tp, part)) is not None]
+        ages = [now - p.saved_at for p in self.parts.values() if p.saved_at]
+        CHECKPOINT_AGE.set(max(ages, default=0.0))
+        return out
+
+    def _snapshot(self, tp: TopicPartition, part: PartitionState) -> _Snapshot | None:
+        if part.next_offset is None or part.next_offset == part.saved_offset:
+            return None
+        started = time.perf_counter()
+        snap = _Snapshot(tp, part, part.next_offset, part.to_bytes(), started)
+        part.saved_at = time.monotonic()  # (not due again while this one is written)
+        part.bars_since_save = 0
+        return snap
+
+    async def _store(self, snap: _Snapshot) -> None:
+        size = await self.store.save_blob(snap.tp.topic, snap.tp.partition, snap.offset, snap.blob)
+        CHECKPOINTS.observe(time.perf_counter() - snap.taken)
+        CHECKPOINT_BYTES.set(size)
+        snap.part.saved_offset = max(snap.offset, snap.part.saved_offset or 0)
 
     async def _save(self, tp: TopicPartition, part: PartitionState) -> None:
-        if part.next_offset is None or part.next_offset == part.saved_offset:
-            return
-        started = time.perf_counter()
-        blob = part.to_bytes()
-        size = await self.store.save_blob(tp.topic, tp.partition, part.next_offset, blob)
-        CHECKPOINTS.observe(time.perf_counter() - started)
-        CHECKPOINT_BYTES.set(size)
-        part.saved_offset = part.next_offset
-        part.saved_at = time.monotonic()
-        part.bars_since_save = 0
+        """Checkpoint ``part`` now (its batches' writes done: callers drain first)."""
+        snap = self._snapshot(tp, part)
+        if snap is not None:
+            await self._store(snap)
 
     async def checkpoint_all(self) -> None:
         async with self.lock:
+            await self._drain()
+            await self.producer.flush()
             for tp, part in self.parts.items():
                 await self._save(tp, part)
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
+            await self._drain()
             for tp in partitions:
                 started = time.perf_counter()
                 stored = await self.store.offset(tp.topic, tp.partition)
@@ -561,6 +646,7 @@ class EngineService:
 
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
+            await self._drain()
             await self.producer.flush()
             for tp in partitions:
                 part = self.parts.pop(tp, None)
