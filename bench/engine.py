@@ -12,6 +12,9 @@ bars of the synthetic market, seeded), and runs as its own process:
   every symbol's values to its Redis hash and its alerts to ``alerts.fired`` and the
   owner's channel (no client subscribes, so no ``ind.*``/``bars.*`` channel is
   published); once with one JSON bar per message, once with ``BarBatch`` messages.
+- **floor** (latency only): ``bench/passthrough_peer.py``, raw aiokafka reading the bars
+  and sending a message for every sixth one, no computation: what the broker and the
+  client cost on this machine before any engine work.
 - **peer**: ``bench/quix_peer.py``, a Quix Streams application computing the same
   indicator set with talipp (``--peer-set ema_rsi``: EMA 21 and RSI 14 only) and emitting
   an alert message for two of the rules.
@@ -20,8 +23,8 @@ Throughput: the bars are in the topic before the contender starts; bars/s is mea
 from its first processed batch to its last (ours: the engine's bar counter, polled every
 20 ms; the peer: its own clock from the first bar to the last). Latency: the contender
 runs, the script sends JSON bars at ``--rate`` bars/s in 5 ms slices, and each alert's
-latency is the time it is read from the alert topic minus the time its bar was sent (one
-clock, this process).
+latency is the time it is read from the alert topic (by a reader in its own process) minus
+the time its bar was sent (the machine's wall clock in both).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -53,6 +58,7 @@ from technic_stream.local.service import ServiceChild  # noqa: E402
 from technic_stream.marketdata.run import run_synth  # noqa: E402
 from technic_stream.marketdata.synth import SynthConfig, SyntheticMarket  # noqa: E402
 from technic_stream.messages import AlertRule, encode  # noqa: E402
+from technic_stream.redis import redis_client  # noqa: E402
 from technic_stream.topics import topic_name  # noqa: E402
 
 BENCH_OWNER = "bench"
@@ -190,7 +196,7 @@ class PacedBars:
                         })))  # fmt: skip
                     pending.reverse()
                     self.ts = ts
-                now = time.perf_counter()
+                now = time.time()  # wall clock: the collector is another process
                 for _ in range(min(per_slice, len(pending), total - self.sent)):
                     i, data = pending.pop()
                     self.sent_at[(self.market.symbols[i], self.ts)] = now
@@ -201,27 +207,32 @@ class PacedBars:
             await producer.flush()
 
 
-async def collect_alerts(
-    settings: Settings, sent_at: dict[tuple[str, int], float], out: list[float], stop: asyncio.Event
-) -> None:
+async def collect_alerts(bootstrap: str, topic: str, out: Path) -> None:
+    """The alert reader, run as its own process (``--collect``): every alert's (symbol,
+    bar ts, wall time it was read) to ``out`` when it gets SIGTERM. Reading in the load
+    generator's process measured that process's event loop: its fetches stalled for
+    seconds while the generator fell behind."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     consumer = AIOKafkaConsumer(
-        topic_name(settings.topic_prefix, "alerts.fired"),
-        bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, fetch_max_wait_ms=5,
     )  # fmt: skip
     await consumer.start()
+    got: list[tuple[str, int, float]] = []
     try:
+        await consumer.getmany(timeout_ms=100)  # joined and positioned
+        print("ready", flush=True)
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
+            now = time.time()
             for records in batch.values():
                 for r in records:
                     a = orjson.loads(r.value)
-                    t = sent_at.get((a["symbol"], a["ts"]))
-                    if t is not None:
-                        out.append(now - t)
+                    got.append((a["symbol"], a["ts"], now))
     finally:
         await consumer.stop()
+        await asyncio.to_thread(out.write_bytes, orjson.dumps(got))
 
 
 async def latency(
@@ -230,27 +241,62 @@ async def latency(
     await start_child()
     await until(ready, "the contender to be ready", within=120)
     bars = PacedBars(settings, args.symbols, seed=11)
-    lat: list[float] = []
-    stop = asyncio.Event()
-    collector = asyncio.create_task(collect_alerts(settings, bars.sent_at, lat, stop))
+    out = Path(tempfile.mkdtemp()) / "alerts.json"
+    collector = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--collect", str(out), "--bootstrap", settings.kafka_bootstrap,
+        "--topic", topic_name(settings.topic_prefix, "alerts.fired"),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert collector.stdout is not None
+    await asyncio.wait_for(collector.stdout.readline(), 60)
     try:
         await bars.run(args.rate, args.latency_s)
         await asyncio.sleep(2.0)  # the last alerts
     finally:
-        stop.set()
-        await collector
+        collector.terminate()
+        await asyncio.wait_for(collector.wait(), 60)
         await stop_child()
+    lat = [(t, at - t) for sym, ts, at in orjson.loads(out.read_bytes())
+           if (t := bars.sent_at.get((sym, ts))) is not None]  # fmt: skip
     if not lat:
         raise RuntimeError("no alerts arrived")
-    ms = np.array(lat) * 1000
+    sent = np.array([t for t, _ in lat])
+    ms = np.array([x for _, x in lat]) * 1000
+    # p99 by when the bar was sent: a start-up stall and a steady queue look different
+    t0, parts = sent.min(), []
+    for lo in np.arange(0, sent.max() - t0 + 1e-9, WINDOW):
+        sel = ms[(sent - t0 >= lo) & (sent - t0 < lo + WINDOW)]
+        if len(sel):
+            parts.append(f"{lo:.0f}-{lo + WINDOW:.0f} s {np.percentile(sel, 99):.0f}")
+    print("  p99 ms by send time: " + ", ".join(parts), file=sys.stderr)
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
             "max": float(ms.max()), "alerts": len(lat), "bars": bars.sent}  # fmt: skip
 
 
+async def redis_load(settings: Settings, reset: bool = False) -> str:
+    """Redis's CPU seconds and its dearest commands since the last reset."""
+    redis = redis_client(settings)
+    try:
+        if reset:
+            await redis.config_resetstat()
+            return ""
+        cpu = await redis.info("cpu")
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:6]
+    used = cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+    return f"Redis CPU {used:.1f} s since start; by command: " + ", ".join(
+        f"{k.removeprefix('cmdstat_')} {v['calls']:,} calls {v['usec'] / 1e6:.2f} s "
+        f"({v['usec_per_call']:.1f} µs)" for k, v in top)  # fmt: skip
+
+
 async def ours_latency(settings: Settings, args: argparse.Namespace, workdir: Path):
     engine = engine_child(settings, workdir / f"engine-lat-{settings.topic_prefix}log")
+    await redis_load(settings, reset=True)
 
     async def stop() -> None:
+        print(f"  {await redis_load(settings)}", file=sys.stderr)
         stages = {s: await engine.metric(f'technic_engine_stage_seconds_total{{stage="{s}"}}')
                   for s in ("decode", "compute", "alerts", "encode", "write", "flush")}  # fmt: skip
         total = sum(stages.values()) or 1.0
@@ -260,6 +306,31 @@ async def ours_latency(settings: Settings, args: argparse.Namespace, workdir: Pa
         await asyncio.wait_for(engine.wait(), 60)
 
     return await latency(settings, engine.start, engine.ready, stop, args)
+
+
+async def floor_latency(settings: Settings, args: argparse.Namespace):
+    """The same harness around ``bench/passthrough_peer.py`` (raw aiokafka, no work)."""
+    proc: list[asyncio.subprocess.Process] = []
+
+    async def start() -> None:
+        proc.append(await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "passthrough_peer.py"),
+            "--broker", str(settings.kafka_bootstrap),
+            "--input", topic_name(settings.topic_prefix, "md.bars"),
+            "--output", topic_name(settings.topic_prefix, "alerts.fired"),
+            "--group", f"{settings.topic_prefix}floor", stdout=asyncio.subprocess.PIPE,
+        ))  # fmt: skip
+        assert proc[0].stdout is not None
+        await asyncio.wait_for(proc[0].stdout.readline(), 60)
+
+    async def ready() -> bool:
+        return True  # start() returned once it had joined
+
+    async def stop() -> None:
+        proc[0].terminate()
+        await asyncio.wait_for(proc[0].wait(), 60)
+
+    return await latency(settings, start, ready, stop, args)
 
 
 async def quix_latency(settings: Settings, args: argparse.Namespace):
@@ -285,11 +356,22 @@ async def quix_latency(settings: Settings, args: argparse.Namespace):
     return await latency(settings, start, ready, stop, args)
 
 
+WINDOW = float(os.environ.get("BENCH_WINDOW", 4))  # seconds per window of the p99 line
+
+
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
 async def main() -> None:
+    if "--collect" in sys.argv:
+        cp = argparse.ArgumentParser()
+        cp.add_argument("--collect", type=Path)
+        cp.add_argument("--bootstrap")
+        cp.add_argument("--topic")
+        c = cp.parse_args()
+        await collect_alerts(c.bootstrap, c.topic, c.collect)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--symbols", type=int, default=1_000)
     ap.add_argument("--steps", type=int, default=500)
@@ -326,6 +408,8 @@ async def main() -> None:
             await send_rules(s)
         lat = {"ours": await ours_latency(s, args, work)}
         print(f"  latency ours {lat['ours']}", file=sys.stderr)
+        lat["floor: raw aiokafka pass-through"] = await floor_latency(await fresh(base), args)
+        print(f"  latency floor {lat['floor: raw aiokafka pass-through']}", file=sys.stderr)
         if not args.no_peer:
             lat["quix"] = await quix_latency(await fresh(base), args)
             print(f"  latency quix {lat['quix']}", file=sys.stderr)
