@@ -179,6 +179,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser(
+        "notifier",
+        help="run the notifier: alerts.fired to the owners' webhooks, once per alert",
+        description="Signed POSTs (HMAC-SHA256), retries with backoff per target, the DLQ "
+        "after TECHNIC_NOTIFIER_MAX_ATTEMPTS; APNs and FCM are not wired yet.",
+    )
+
+    sub.add_parser(
         "gateway",
         help="run the gateway: WebSocket fan-out (/v1/ws), REST API (/v1), auth and limits",
         description="Listens on TECHNIC_GATEWAY_HOST:TECHNIC_GATEWAY_PORT. Set "
@@ -477,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_scan(settings, args)
         if args.command == "keys":
             return _cmd_keys(settings, args)
-        if args.command in ("archiver", "bars", "engine", "feed", "gateway", "scanner"):
+        if args.command in ("archiver", "bars", "engine", "feed", "gateway", "notifier",
+                            "scanner"):  # fmt: skip
             return _cmd_service(settings, args.command)
     except ValueError as exc:  # IndicatorError and friends: one clear line
         print(f"technic-stream: {exc}", file=sys.stderr)

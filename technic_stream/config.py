@@ -211,6 +211,32 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=100, description="most progress events per second per scan"
     )
 
+    # Notifier (webhooks; APNs and FCM are not wired yet).
+    notifier_timeout_s: float = Field(
+        default=5.0, gt=0, le=60, description="longest one delivery attempt may take"
+    )
+    notifier_max_attempts: int = Field(
+        default=8, ge=1, le=100,
+        description="attempts per delivery before it goes to the DLQ with its history",
+    )  # fmt: skip
+    notifier_retry_base_s: float = Field(
+        default=1.0, gt=0, le=3_600, description="first retry delay (doubles, with jitter)"
+    )
+    notifier_retry_max_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="longest delay between attempts"
+    )
+    notifier_owner_rate: int = Field(
+        default=600, ge=1, le=1_000_000,
+        description="deliveries per owner per minute; beyond, one notice per target instead",
+    )  # fmt: skip
+    notifier_concurrency: int = Field(
+        default=64, ge=1, le=10_000, description="deliveries in flight per notifier process"
+    )
+    notifier_ledger_ttl_s: int = Field(
+        default=7 * 86_400, ge=60, le=90 * 86_400,
+        description="how long a delivery's outcome is remembered (redelivered alerts skip it)",
+    )  # fmt: skip
+
     # Lifecycle.
     shutdown_grace_s: float = Field(default=10.0, gt=0, le=600)
 

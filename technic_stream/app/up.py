@@ -40,6 +40,7 @@ def _services() -> list[tuple[str, ServiceMain]]:
     from technic_stream.marketdata.alpaca import alpaca_service
     from technic_stream.marketdata.archiver import archiver_service
     from technic_stream.marketdata.bar_service import bar_service
+    from technic_stream.notify.service import notifier_service
     from technic_stream.scan.service import scanner_service
 
     return [
@@ -47,6 +48,7 @@ def _services() -> list[tuple[str, ServiceMain]]:
         ("engine", engine_service),
         ("archiver", archiver_service),
         ("scanner", scanner_service),
+        ("notifier", notifier_service),
         ("gateway", gateway_service),
         ("feed", alpaca_service),
     ]

@@ -112,11 +112,12 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
                 "archiver-mongo",
                 "scanner",
                 "scanner-tasks",
+                "notifier",
                 "gateway",
             ),
             "ok",
         )
-        assert "services bars, engine, archiver, scanner, gateway" in text
+        assert "services bars, engine, archiver, scanner, notifier, gateway" in text
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)

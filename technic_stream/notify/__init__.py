@@ -1,0 +1,1 @@
+"""The notifier: fired alerts to their owners' delivery targets, once each."""

@@ -1,0 +1,204 @@
+"""The notifier's Redis state: a ledger of delivery outcomes, and a queue per target.
+
+Keys (prefix ``technic:``):
+
+* ``notify:d:{event_id}`` — a delivery's outcome: ``sent``, ``failed``, ``limited`` or
+  ``queued`` (waiting in its target's queue), kept ``notifier_ledger_ttl_s``. A
+  redelivered alert skips every delivery recorded here; a delivery without an entry (its
+  notifier died mid-attempt) is attempted again under the same event id.
+* ``notify:q:{target_id}`` — list of deliveries waiting for one target, oldest first: a
+  target that failed gets everything after that failure through its queue, in order.
+* ``notify:due`` — sorted set: target id → when its queue's head may be tried again
+  (epoch ms). The queue and this time are the target's circuit breaker: while a queue
+  exists, new deliveries join it instead of being attempted; at the due time one
+  attempt is made (half open), and a success drains the queue.
+* ``notify:lock:{target_id}`` — the process sending to a target (direct or from its
+  queue), so one target sees one sender and its deliveries stay in order.
+* ``notify:rate:{owner}:{minute}`` — set of the event ids admitted for an owner in a
+  minute (at most ``notifier_owner_rate``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from technic_stream.redis.resp import Script, execute
+
+__all__ = ["Ledger"]
+
+# KEYS: ledger entry, queue, due set; ARGV: record, target, due ms, ledger ttl.
+# Joins the queue unless the delivery has an outcome already; 1 joined, 0 skipped.
+_ENQUEUE = Script("""
+local state = redis.call('GET', KEYS[1])
+if state then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], 'queued', 'EX', ARGV[4])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[3], ARGV[2])
+return 1
+""")
+
+# KEYS: queue, ledger entry, due set; ARGV: event id, outcome, ledger ttl, target.
+# The queue's head is done: pop it (if it is that event), record the outcome; forget the
+# target's due time when its queue is empty. Returns what is left in the queue.
+_FINISH = Script("""
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head and cjson.decode(head)['eid'] == ARGV[1] then
+  redis.call('LPOP', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+local left = redis.call('LLEN', KEYS[1])
+if left == 0 then redis.call('ZREM', KEYS[3], ARGV[4]) end
+return left
+""")
+
+# KEYS: queue, due set; ARGV: event id, record (attempts and history updated), due ms,
+# target. The head failed again: keep it, with its history, until ``due``.
+_RESCHEDULE = Script("""
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head and cjson.decode(head)['eid'] == ARGV[1] then
+  redis.call('LSET', KEYS[1], 0, ARGV[2])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 1
+""")
+
+# KEYS: the owner's set for the minute; ARGV: limit, ttl, event ids. One char per id.
+_ADMIT = Script("""
+local out = {}
+for i = 3, #ARGV do
+  if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then
+    out[#out + 1] = '1'
+  elseif redis.call('SCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('SADD', KEYS[1], ARGV[i])
+    out[#out + 1] = '1'
+  else
+    out[#out + 1] = '0'
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return table.concat(out)
+""")
+
+_UNLOCK = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
+#: A sender's hold on a target lapses this long after its last attempt (a notifier that
+#: dies holding one delays that target this long, no more).
+LOCK_MS = 15_000
+FINAL = frozenset({"sent", "failed", "limited", "queued"})
+
+
+class Ledger:
+    def __init__(self, redis: aioredis.Redis, prefix: str, ttl_s: int) -> None:
+        self.redis = redis
+        self.p = f"{prefix}notify:"
+        self.ttl_s = ttl_s
+        self.token = secrets.token_hex(8)  # this process, as lock holder
+        self.due_key = f"{self.p}due"
+        self._scripts = (_ENQUEUE, _FINISH, _RESCHEDULE, _UNLOCK, _ADMIT)
+
+    def _d(self, event_id: str) -> str:
+        return f"{self.p}d:{event_id}"
+
+    def _q(self, target: str) -> str:
+        return f"{self.p}q:{target}"
+
+    async def outcomes(self, event_ids: Sequence[str]) -> list[str | None]:
+        if not event_ids:
+            return []
+        raw = await self.redis.mget([self._d(e) for e in event_ids])
+        return [None if v is None else _text(v) for v in raw]
+
+    async def claim(self, targets: Sequence[str]) -> dict[str, bool]:
+        """Per target: True when this process now holds it and its queue is empty (send
+        directly), False when it must queue (someone else sends, or a backlog waits).
+        Targets held but not free are released again."""
+        if not targets:
+            return {}
+        cmds: list[Any] = []
+        for t in targets:
+            cmds.append(["SET", f"{self.p}lock:{t}", self.token, "NX", "PX", LOCK_MS])
+            cmds.append(["LLEN", self._q(t)])
+        replies = await execute(self.redis, cmds)
+        free: dict[str, bool] = {}
+        for i, t in enumerate(targets):
+            held, backlog = replies[2 * i] is not None, int(replies[2 * i + 1])
+            free[t] = held and backlog == 0
+            if held and backlog:
+                await self.unlock(t)
+        return free
+
+    async def lock(self, target: str) -> bool:
+        return bool(await self.redis.set(f"{self.p}lock:{target}", self.token, nx=True, px=LOCK_MS))
+
+    async def refresh(self, target: str) -> None:
+        await self.redis.pexpire(f"{self.p}lock:{target}", LOCK_MS)
+
+    async def unlock(self, target: str) -> None:
+        await execute(
+            self.redis, [_UNLOCK.call([f"{self.p}lock:{target}"], [self.token])],
+            scripts=self._scripts,
+        )  # fmt: skip
+
+    async def record(self, event_id: str, outcome: str) -> None:
+        await self.redis.set(self._d(event_id), outcome, ex=self.ttl_s)
+
+    async def enqueue(self, target: str, records: Sequence[dict[str, Any]], due_ms: int) -> int:
+        """Append deliveries to ``target``'s queue (in order); how many joined."""
+        cmds = [
+            _ENQUEUE.call([self._d(r["eid"]), self._q(target), self.due_key],
+                          [orjson.dumps(r), target, due_ms, self.ttl_s])
+            for r in records
+        ]  # fmt: skip
+        replies = await execute(self.redis, cmds, scripts=self._scripts)
+        return sum(int(r) for r in replies)
+
+    async def head(self, target: str) -> dict[str, Any] | None:
+        raw = await self.redis.lindex(self._q(target), 0)
+        return None if raw is None else orjson.loads(raw)
+
+    async def finish(self, target: str, event_id: str, outcome: str) -> int:
+        keys = [self._q(target), self._d(event_id), self.due_key]
+        (left,) = await execute(
+            self.redis, [_FINISH.call(keys, [event_id, outcome, self.ttl_s, target])],
+            scripts=self._scripts,
+        )  # fmt: skip
+        return int(left)
+
+    async def reschedule(self, target: str, record: dict[str, Any], due_ms: int) -> None:
+        keys = [self._q(target), self.due_key]
+        await execute(
+            self.redis,
+            [_RESCHEDULE.call(keys, [record["eid"], orjson.dumps(record), due_ms, target])],
+            scripts=self._scripts,
+        )
+
+    async def due(self, now_ms: int, limit: int = 64) -> list[str]:
+        raw = await self.redis.zrangebyscore(self.due_key, "-inf", now_ms, start=0, num=limit)
+        return [_text(t) for t in raw]
+
+    async def backlog(self) -> int:
+        return int(await self.redis.zcard(self.due_key))
+
+    async def admit(self, owner: str, minute: int, limit: int, event_ids: Sequence[str]) -> str:
+        """Which of ``event_ids`` fit ``owner``'s ``limit`` for ``minute``, as a string of
+        '1' (admitted) and '0'. A delivery admitted once is admitted again (a
+        redelivered batch does not count twice)."""
+        if not event_ids:
+            return ""
+        key = f"{self.p}rate:{owner}:{minute}"
+        (flags,) = await execute(
+            self.redis, [_ADMIT.call([key], [limit, 120, *event_ids])], scripts=self._scripts
+        )
+        return _text(flags)
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
