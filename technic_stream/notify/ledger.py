@@ -20,6 +20,7 @@ Keys (prefix ``technic:``):
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,8 @@ class Ledger:
         self.token = secrets.token_hex(8)  # this process, as lock holder
         self.due_key = f"{self.p}due"
         self._scripts = (_ENQUEUE, _FINISH, _RESCHEDULE, _UNLOCK, _ADMIT)
+        self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def _d(self, event_id: str) -> str:
         return f"{self.p}d:{event_id}"
@@ -141,14 +144,41 @@ class Ledger:
     async def refresh(self, target: str) -> None:
         await self.redis.pexpire(f"{self.p}lock:{target}", LOCK_MS)
 
-    async def unlock(self, target: str) -> None:
-        await execute(
-            self.redis, [_UNLOCK.call([f"{self.p}lock:{target}"], [self.token])],
-            scripts=self._scripts,
-        )  # fmt: skip
+    async def unlock(self, *targets: str) -> None:
+        if targets:
+            await execute(
+                self.redis, [_UNLOCK.call([f"{self.p}lock:{t}"], [self.token]) for t in targets],
+                scripts=self._scripts,
+            )  # fmt: skip
 
-    async def record(self, event_id: str, outcome: str) -> None:
-        await self.redis.set(self._d(event_id), outcome, ex=self.ttl_s)
+    async def record(self, event_id: str, outcome: str, *, holding: str | None = None) -> None:
+        """Record a delivery's outcome (and renew the hold on target ``holding``). Returns
+        once it is written. Records made at about the same time — by the senders of
+        other targets — share one round trip (see :meth:`_flush`)."""
+        cmds: list[Any] = [["SET", self._d(event_id), outcome, "EX", self.ttl_s]]
+        if holding is not None:
+            cmds.append(["PEXPIRE", f"{self.p}lock:{holding}", LOCK_MS])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((cmds, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        """Write every record queued so far in one pipeline, then those queued meanwhile."""
+        while self._pending:
+            await asyncio.sleep(0)  # let the other senders of this moment add theirs
+            batch, self._pending = self._pending, []
+            try:
+                await execute(self.redis, [c for cmds, _ in batch for c in cmds])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     async def enqueue(self, target: str, records: Sequence[dict[str, Any]], due_ms: int) -> int:
         """Append deliveries to ``target``'s queue (in order); how many joined."""
@@ -187,17 +217,17 @@ class Ledger:
     async def backlog(self) -> int:
         return int(await self.redis.zcard(self.due_key))
 
-    async def admit(self, owner: str, minute: int, limit: int, event_ids: Sequence[str]) -> str:
-        """Which of ``event_ids`` fit ``owner``'s ``limit`` for ``minute``, as a string of
-        '1' (admitted) and '0'. A delivery admitted once is admitted again (a
-        redelivered batch does not count twice)."""
-        if not event_ids:
-            return ""
-        key = f"{self.p}rate:{owner}:{minute}"
-        (flags,) = await execute(
-            self.redis, [_ADMIT.call([key], [limit, 120, *event_ids])], scripts=self._scripts
-        )
-        return _text(flags)
+    async def admit(
+        self, minute: int, limit: int, per_owner: dict[str, list[str]]
+    ) -> dict[str, str]:
+        """Which event ids fit each owner's ``limit`` for ``minute``: per owner a string of
+        '1' (admitted) and '0', in order. A delivery admitted once is admitted again (a
+        redelivered batch does not count twice). One round trip for every owner."""
+        owners = [o for o, ids in per_owner.items() if ids]
+        cmds = [_ADMIT.call([f"{self.p}rate:{o}:{minute}"], [limit, 120, *per_owner[o]])
+                for o in owners]  # fmt: skip
+        replies = await execute(self.redis, cmds, scripts=self._scripts)
+        return {o: _text(r) for o, r in zip(owners, replies, strict=True)}
 
 
 def _text(v: Any) -> str:

@@ -121,20 +121,8 @@ class Notifier:
     # -- targets ---------------------------------------------------------------------------
 
     async def targets(self, owner: str) -> list[Target]:
-        now = time.monotonic()
-        hit = self._owners.get(owner)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        found = [
-            Target(d["_id"], "webhook", owner, d["url"], d["secret"])
-            async for d in self.db["webhooks"].find({"owner": owner, "active": {"$ne": False}})
-        ]
-        found += [
-            Target(d["_id"], str(d.get("platform", "push")), owner)
-            async for d in self.db["devices"].find({"owner": owner, "active": {"$ne": False}})
-        ]
-        self._owners[owner] = (now + _TARGETS_TTL_S, found)
-        return found
+        await self._load_targets({owner})
+        return self._owners[owner][1]
 
     async def target(self, owner: str, target_id: str) -> Target | None:
         return next((t for t in await self.targets(owner) if t.target_id == target_id), None)
@@ -153,18 +141,38 @@ class Notifier:
     # -- batches ---------------------------------------------------------------------------
 
     async def on_batch(self, batch: Batch) -> None:
-        plans: list[tuple[Target, dict[str, Any]]] = []
+        alerts: list[tuple[Alert, Any]] = []
         for records in batch.values():
             for r in records:
                 try:
-                    alert = decode(r.value, Alert, max_bytes=self.settings.max_message_bytes)
+                    alerts.append(
+                        (decode(r.value, Alert, max_bytes=self.settings.max_message_bytes), r)
+                    )
                 except MessageDecodeError as exc:
                     await self.dlq.route(r, exc)
-                    continue
-                plans.extend(await self._plan(alert, r))
+        await self._load_targets({a.owner for a, _ in alerts})
+        plans: list[tuple[Target, dict[str, Any]]] = []
+        for alert, r in alerts:
+            plans.extend(await self._plan(alert, r))
         if plans:
             await self._deliver(plans)
         await self.producer.flush()
+
+    async def _load_targets(self, owners: set[str]) -> None:
+        """Fill the cache for ``owners`` whose entry is missing or old: one query per
+        collection for all of them."""
+        now = time.monotonic()
+        stale = sorted(o for o in owners if (hit := self._owners.get(o)) is None or hit[0] <= now)
+        if not stale:
+            return
+        found: dict[str, list[Target]] = {o: [] for o in stale}
+        query = {"owner": {"$in": stale}, "active": {"$ne": False}}
+        async for d in self.db["webhooks"].find(query):
+            found[d["owner"]].append(Target(d["_id"], "webhook", d["owner"], d["url"], d["secret"]))
+        async for d in self.db["devices"].find(query):
+            found[d["owner"]].append(Target(d["_id"], str(d.get("platform", "push")), d["owner"]))
+        for owner, targets in found.items():
+            self._owners[owner] = (now + _TARGETS_TTL_S, targets)
 
     async def _plan(self, alert: Alert, record: Any) -> list[tuple[Target, dict[str, Any]]]:
         chans = await self.channels(alert.rule_id)
@@ -200,10 +208,13 @@ class Notifier:
             by_target[t.target_id].append(rec)
             targets[t.target_id] = t
         free = await self.ledger.claim(list(by_target))
-        await asyncio.gather(*(
-            self._send_in_order(targets[tid], recs, direct=free[tid])
-            for tid, recs in by_target.items()
-        ))  # fmt: skip
+        try:
+            await asyncio.gather(*(
+                self._send_in_order(targets[tid], recs, direct=free[tid])
+                for tid, recs in by_target.items()
+            ))  # fmt: skip
+        finally:
+            await self.ledger.unlock(*(t for t, held in free.items() if held))
 
     async def _rate(self, plans: list[tuple[Target, dict[str, Any]]]
                     ) -> list[tuple[Target, dict[str, Any]]]:  # fmt: skip
@@ -215,8 +226,11 @@ class Notifier:
         for t, rec in plans:
             per_owner[rec["owner"]].append((t, rec))
         kept: list[tuple[Target, dict[str, Any]]] = []
+        admitted = await self.ledger.admit(
+            minute, limit, {o: [r["eid"] for _, r in items] for o, items in per_owner.items()}
+        )
         for owner, items in per_owner.items():
-            flags = await self.ledger.admit(owner, minute, limit, [r["eid"] for _, r in items])
+            flags = admitted[owner]
             kept.extend(item for item, f in zip(items, flags, strict=True) if f == "1")
             over = [item for item, f in zip(items, flags, strict=True) if f != "1"]
             noticed: set[str] = set()
@@ -244,20 +258,17 @@ class Notifier:
         if not direct:
             await self._queue(t, recs, _now_ms())
             return
-        try:
-            for i, rec in enumerate(recs):
-                async with self.slots:
-                    attempt = await self._attempt(t, rec)
-                if attempt.ok:
-                    await self.ledger.record(rec["eid"], "sent")
-                elif attempt.retry and rec["n"] < self.settings.notifier_max_attempts:
-                    await self._queue(t, recs[i:], _now_ms() + self._backoff(rec, attempt))
-                    return
-                else:
-                    await self._give_up(t, rec, attempt)
+        for i, rec in enumerate(recs):
+            async with self.slots:
+                attempt = await self._attempt(t, rec)
+            if attempt.ok:
+                await self.ledger.record(rec["eid"], "sent", holding=t.target_id)
+            elif attempt.retry and rec["n"] < self.settings.notifier_max_attempts:
+                await self._queue(t, recs[i:], _now_ms() + self._backoff(rec, attempt))
+                return
+            else:
+                await self._give_up(t, rec, attempt)
                 await self.ledger.refresh(t.target_id)
-        finally:
-            await self.ledger.unlock(t.target_id)
 
     async def _queue(self, t: Target, recs: list[dict[str, Any]], due_ms: int) -> None:
         joined = await self.ledger.enqueue(t.target_id, recs, due_ms)
@@ -396,7 +407,7 @@ async def notifier_service(
     """The notifier process: runs until ``stop``. ``started`` sees the handler (tests)."""
     redis = redis_client(settings)
     mongo = mongo_client(settings)
-    sender = WebhookSender(settings.notifier_timeout_s)
+    sender = WebhookSender(settings.notifier_timeout_s, connections=settings.notifier_concurrency)
     try:
         async with Producer(settings) as producer:
             handler = Notifier(settings, producer, redis, mongo[settings.mongo_db], sender)

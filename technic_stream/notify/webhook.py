@@ -64,7 +64,7 @@ class WebhookSender:
 
     def __init__(self, timeout_s: float, *, connections: int = 100) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._connector = aiohttp.TCPConnector(limit=connections, limit_per_host=16)
+        self._connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
         self._session = aiohttp.ClientSession(
             connector=self._connector, timeout=self._timeout,
             headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
