@@ -211,7 +211,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=100, description="most progress events per second per scan"
     )
 
-    # Notifier (webhooks; APNs and FCM are not wired yet).
+    # Notifier (webhooks and FCM; APNs is not wired yet).
     notifier_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="longest one delivery attempt may take"
     )
@@ -231,6 +231,13 @@ class Settings(BaseSettings):
     )  # fmt: skip
     notifier_concurrency: int = Field(
         default=64, ge=1, le=10_000, description="deliveries in flight per notifier process"
+    )
+    notifier_fcm_credentials: str | None = Field(
+        default=None,
+        description="path of a Firebase service account's JSON key; unset: no FCM pushes",
+    )
+    notifier_fcm_url: str = Field(
+        default="https://fcm.googleapis.com", description="FCM HTTP v1 API base URL"
     )
     notifier_ledger_ttl_s: int = Field(
         default=7 * 86_400, ge=60, le=90 * 86_400,

@@ -19,8 +19,10 @@ Per fetched batch (records keyed by owner, so an owner's alerts arrive in order)
 A retry loop drains the queues whose due time has come, one attempt at a time per
 target, backing off exponentially with jitter (no sooner than a ``Retry-After``) until
 the target answers or the delivery's attempts run out (``notifier_max_attempts``; then
-the DLQ, with every attempt's time and answer). Push devices (APNs, FCM) are not
-delivered to yet: their deliveries are counted ``skipped``.
+the DLQ, with every attempt's time and answer). Android devices get FCM pushes when
+``TECHNIC_NOTIFIER_FCM_CREDENTIALS`` names a service account key (see
+:mod:`technic_stream.notify.fcm`; a token FCM calls unregistered deactivates its
+device); APNs is not wired yet: deliveries to iOS devices are counted ``skipped``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -43,10 +46,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from technic_stream.app.ops import OpsServer
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
-from technic_stream.errors import MessageDecodeError
+from technic_stream.errors import ConfigError, MessageDecodeError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
 from technic_stream.kafka.dlq import dlq_headers
 from technic_stream.messages import Alert, decode
+from technic_stream.notify.fcm import FcmSender, load_credentials
 from technic_stream.notify.ledger import Ledger
 from technic_stream.notify.webhook import Attempt, WebhookSender
 from technic_stream.redis import redis_client
@@ -86,6 +90,7 @@ class Target:
     owner: str
     url: str = ""
     secret: str = ""
+    token: str = ""  # a push device's token
 
 
 class _Src:
@@ -105,6 +110,7 @@ class Notifier:
     redis: aioredis.Redis
     db: AsyncDatabase[Any]
     sender: WebhookSender
+    fcm: FcmSender | None = None
     _owners: dict[str, tuple[float, list[Target]]] = field(default_factory=dict)
     _rules: dict[str, tuple[float, list[str] | None]] = field(default_factory=dict)
 
@@ -170,7 +176,9 @@ class Notifier:
         async for d in self.db["webhooks"].find(query):
             found[d["owner"]].append(Target(d["_id"], "webhook", d["owner"], d["url"], d["secret"]))
         async for d in self.db["devices"].find(query):
-            found[d["owner"]].append(Target(d["_id"], str(d.get("platform", "push")), d["owner"]))
+            found[d["owner"]].append(
+                Target(d["_id"], str(d.get("platform", "push")), d["owner"], token=d["token"])
+            )
         for owner, targets in found.items():
             self._owners[owner] = (now + _TARGETS_TTL_S, targets)
 
@@ -180,17 +188,25 @@ class Notifier:
         for t in await self.targets(alert.owner):
             if chans is not None and ("webhook" if t.channel == "webhook" else "push") not in chans:
                 continue
-            if t.channel != "webhook":
-                DELIVERIES.labels(t.channel, "skipped").inc()  # providers not wired yet
+            if t.channel not in ("webhook", "fcm") or (t.channel == "fcm" and self.fcm is None):
+                DELIVERIES.labels(t.channel, "skipped").inc()  # provider not configured/wired
                 continue
             eid = f"{alert.alert_id}:{t.target_id}"
-            body = orjson.dumps({
-                "type": "alert_delivery", "v": 1, "event_id": eid,
-                "alert": alert.model_dump(mode="json"), "text": _text(alert),
-            })  # fmt: skip
+            if t.channel == "webhook":
+                body = orjson.dumps({
+                    "type": "alert_delivery", "v": 1, "event_id": eid,
+                    "alert": alert.model_dump(mode="json"), "text": _text(alert),
+                }).decode()  # fmt: skip
+            else:  # a push: title, text and the ids the app needs
+                body = orjson.dumps({
+                    "title": f"{alert.symbol}: {alert.rule_id}", "text": _text(alert),
+                    "data": {"event_id": eid, "alert_id": alert.alert_id,
+                             "rule_id": alert.rule_id, "symbol": alert.symbol,
+                             "ts": str(alert.ts)},
+                }).decode()  # fmt: skip
             out.append((t, {
                 "eid": eid, "owner": alert.owner, "target": t.target_id, "n": 0,
-                "fired_at": alert.fired_at, "body": body.decode(), "history": [],
+                "fired_at": alert.fired_at, "body": body, "history": [],
                 "src": [record.topic, record.partition, record.offset],
             }))  # fmt: skip
         return out
@@ -275,7 +291,11 @@ class Notifier:
         DELIVERIES.labels(t.channel, "queued").inc(joined)
 
     async def _attempt(self, t: Target, rec: dict[str, Any]) -> Attempt:
-        attempt = await self.sender.post(t.url, t.secret, rec["eid"], rec["body"].encode())
+        if t.channel == "fcm" and self.fcm is not None:
+            push = orjson.loads(rec["body"])
+            attempt = await self.fcm.send(t.token, push["title"], push["text"], push["data"])
+        else:
+            attempt = await self.sender.post(t.url, t.secret, rec["eid"], rec["body"].encode())
         rec["n"] += 1
         rec["history"].append([_now_ms(), attempt.status])
         ATTEMPTS.labels(t.channel, "ok" if attempt.ok else "retry" if attempt.retry
@@ -298,8 +318,20 @@ class Notifier:
 
     async def _give_up(self, t: Target, rec: dict[str, Any], attempt: Attempt) -> None:
         """A final refusal, or the attempts ran out: the outcome is ``failed`` and the
-        delivery, with its history, goes to the DLQ."""
+        delivery, with its history, goes to the DLQ — unless the provider said the device
+        is gone: then the device is deactivated (no DLQ; that is a device's life)."""
         await self.ledger.record(rec["eid"], "failed")
+        if attempt.deactivate:
+            await self.db["devices"].update_one(
+                {"_id": t.target_id},
+                {"$set": {"active": False, "deactivated_reason": attempt.status,
+                          "deactivated_at": datetime.now(UTC)}},
+            )  # fmt: skip
+            self._owners.pop(t.owner, None)
+            DELIVERIES.labels(t.channel, "deactivated").inc()
+            log.info("push device deactivated",
+                     extra={"target": t.target_id, "reason": attempt.status})  # fmt: skip
+            return
         DELIVERIES.labels(t.channel, "failed").inc()
         why = ("refused" if not attempt.retry else "gave up after") + (
             f" {rec['n']} attempt(s); last answer {attempt.status}")  # fmt: skip
@@ -408,9 +440,20 @@ async def notifier_service(
     redis = redis_client(settings)
     mongo = mongo_client(settings)
     sender = WebhookSender(settings.notifier_timeout_s, connections=settings.notifier_concurrency)
+    fcm = None
+    if settings.notifier_fcm_credentials:
+        try:
+            creds = load_credentials(settings.notifier_fcm_credentials)
+        except (OSError, ValueError) as exc:
+            await sender.aclose()
+            await mongo.close()
+            await redis.aclose()
+            problem = f"TECHNIC_NOTIFIER_FCM_CREDENTIALS: {exc}"
+            raise ConfigError(problem, [problem]) from exc
+        fcm = FcmSender(creds, settings.notifier_fcm_url, sender.session)
     try:
         async with Producer(settings) as producer:
-            handler = Notifier(settings, producer, redis, mongo[settings.mongo_db], sender)
+            handler = Notifier(settings, producer, redis, mongo[settings.mongo_db], sender, fcm)
             if started is not None:
                 started(handler)
             group = group_name(settings.topic_prefix, NOTIFIER_GROUP)

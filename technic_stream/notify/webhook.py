@@ -51,12 +51,14 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, max_age_
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """One attempt's outcome: ``ok``; else ``retry`` (with the receiver's ``Retry-After``
-    in seconds when it gave one) or final; ``status`` the HTTP status or the error."""
+    in seconds when it gave one) or final (``deactivate``: and the target with it);
+    ``status`` the HTTP status or the error."""
 
     ok: bool
     retry: bool
     status: str
     retry_after_s: float | None = None
+    deactivate: bool = False  # the target is gone for good (a push token unregistered)
 
 
 class WebhookSender:
@@ -67,12 +69,13 @@ class WebhookSender:
         self._connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
         self._session = aiohttp.ClientSession(
             connector=self._connector, timeout=self._timeout,
-            headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+            headers={"User-Agent": USER_AGENT},
         )  # fmt: skip
 
     async def post(self, url: str, secret: str, event_id: str, body: bytes) -> Attempt:
         ts = int(time.time())
         headers = {
+            "Content-Type": "application/json",
             "X-Technic-Event-Id": event_id,
             "X-Technic-Timestamp": str(ts),
             "X-Technic-Signature": sign(secret, ts, body),
@@ -86,6 +89,10 @@ class WebhookSender:
             return Attempt(False, True, "timeout")
         except aiohttp.ClientError as exc:
             return Attempt(False, True, f"{type(exc).__name__}: {exc}"[:200])
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
 
     async def aclose(self) -> None:
         await self._session.close()

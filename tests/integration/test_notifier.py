@@ -23,6 +23,8 @@ from technic_stream.notify.service import Notifier, notifier_service
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 from technic_stream.topics import topic_name
+from tests.integration.fcm_server import FcmServer
+from tests.integration.fcm_server import _error as fcm_error
 from tests.integration.helpers import read_topic
 from tests.integration.webhook_receiver import WebhookReceiver
 
@@ -232,3 +234,59 @@ async def until_ready(child: ServiceChild, within: float = 60) -> None:
     while not await child.ready():
         assert time.monotonic() < deadline, f"notifier not ready:\n{child.log_tail()}"
         await asyncio.sleep(0.1)
+
+
+async def test_fcm_pushes_with_oauth_and_unregistered_devices_are_deactivated(settings, tmp_path):
+    def answer(token: str, n: int):
+        if token == "gone":
+            return fcm_error(404, "NOT_FOUND", "UNREGISTERED")
+        if token == "busy" and n == 1:
+            resp = fcm_error(503, "UNAVAILABLE")
+            resp.headers["Retry-After"] = "1"
+            return resp
+        if token == "bad":
+            return fcm_error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
+        return None
+
+    async with FcmServer(answer) as fcm:
+        key = tmp_path / "service-account.json"
+        key.write_bytes(orjson.dumps(fcm.credentials))
+        settings = settings.model_copy(update={
+            **FAST, "notifier_fcm_credentials": str(key), "notifier_fcm_url": fcm.url,
+        })  # fmt: skip
+        mongo = mongo_client(settings)
+        devices = mongo[settings.mongo_db]["devices"]
+        for dev_id, owner, platform, token in (
+            ("d-good", "alice", "fcm", "good"), ("d-gone", "alice", "fcm", "gone"),
+            ("d-busy", "bob", "fcm", "busy"), ("d-bad", "carol", "fcm", "bad"),
+            ("d-ios", "alice", "apns", "ios"),
+        ):  # fmt: skip
+            await devices.insert_one({"_id": dev_id, "owner": owner, "platform": platform,
+                                      "token": token, "active": True})  # fmt: skip
+        await add_rule(settings, "r-push", "alice", ["push"])
+        first = [alert("alice", "r-push", i) for i in range(3)]
+        busy, bad = alert("bob", "r-b", 0), alert("carol", "r-c", 0)
+        try:
+            async with running_notifier(settings):
+                await fire(settings, [*first, busy, bad])
+                await until(lambda: len(fcm.messages) == 4, "the pushes")
+                await asyncio.sleep(0.5)
+                # later alerts skip the deactivated device
+                await fire(settings, [alert("alice", "r-push", 10)])
+                await until(lambda: len(fcm.messages) == 5, "the next push")
+                await asyncio.sleep(0.5)
+            gone = await devices.find_one({"_id": "d-gone"})
+            good = await devices.find_one({"_id": "d-good"})
+        finally:
+            await mongo.close()
+    got = [(m["token"], m["data"]["alert_id"]) for m in fcm.messages]
+    assert got[:3] == [("good", a.alert_id) for a in first]
+    assert ("busy", busy.alert_id) in got and got[-1][0] == "good"
+    assert fcm.attempts["busy"] == 2 and fcm.attempts["bad"] == 1  # 503 retried, 400 final
+    assert fcm.attempts["gone"] == 3  # each of the first batch's alerts, then deactivated
+    assert not gone["active"] and "UNREGISTERED" in gone["deactivated_reason"]
+    assert good["active"]
+    assert "ios" not in fcm.attempts  # APNs: not wired, not sent through FCM
+    msg = fcm.messages[0]
+    assert msg["notification"] == {"title": "AAPL: r-push", "body": first[0].message}
+    assert fcm.token_requests == 1 and fcm.unauthorized == 0  # one OAuth token, cached

@@ -51,3 +51,15 @@ def test_retry_after_as_seconds_or_an_http_date():
     assert later is not None and 55 <= later <= 61
     assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
     assert _retry_after("soon") is None and _retry_after(None) is None
+
+
+def test_fcm_error_codes_are_read_from_details_then_status():
+    from technic_stream.notify.fcm import _error_code
+
+    body = (b'{"error": {"code": 404, "status": "NOT_FOUND", "details": [{"@type": "x"}, '
+            b'{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", '
+            b'"errorCode": "UNREGISTERED"}]}}')  # fmt: skip
+    assert _error_code(body) == "UNREGISTERED"
+    assert _error_code(b'{"error": {"code": 503, "status": "UNAVAILABLE"}}') == "UNAVAILABLE"
+    assert _error_code(b"<html>bad gateway</html>") == ""
+    assert _error_code(b"[]") == ""
