@@ -180,10 +180,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "notifier",
-        help="run the notifier: alerts.fired to the owners' webhooks and FCM devices",
-        description="Signed POSTs (HMAC-SHA256), FCM HTTP v1 pushes when "
-        "TECHNIC_NOTIFIER_FCM_CREDENTIALS is set, retries with backoff per target, the DLQ "
-        "after TECHNIC_NOTIFIER_MAX_ATTEMPTS; APNs is not wired yet.",
+        help="run the notifier: alerts.fired to the owners' webhooks, FCM and APNs devices",
+        description="Signed POSTs (HMAC-SHA256); FCM HTTP v1 pushes when "
+        "TECHNIC_NOTIFIER_FCM_CREDENTIALS is set, APNs when TECHNIC_NOTIFIER_APNS_KEY is; "
+        "retries with backoff per target, the DLQ after TECHNIC_NOTIFIER_MAX_ATTEMPTS.",
     )
 
     sub.add_parser(

@@ -211,7 +211,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=100, description="most progress events per second per scan"
     )
 
-    # Notifier (webhooks and FCM; APNs is not wired yet).
+    # Notifier (webhooks, FCM, APNs).
     notifier_timeout_s: float = Field(
         default=5.0, gt=0, le=60, description="longest one delivery attempt may take"
     )
@@ -238,6 +238,16 @@ class Settings(BaseSettings):
     )
     notifier_fcm_url: str = Field(
         default="https://fcm.googleapis.com", description="FCM HTTP v1 API base URL"
+    )
+    notifier_apns_key: str | None = Field(
+        default=None, description="path of the APNs .p8 signing key; unset: no APNs pushes"
+    )
+    notifier_apns_key_id: str | None = Field(default=None, description="the .p8 key's id")
+    notifier_apns_team_id: str | None = Field(default=None, description="Apple team id")
+    notifier_apns_topic: str | None = Field(default=None, description="the app's bundle id")
+    notifier_apns_url: str = Field(
+        default="https://api.push.apple.com",
+        description="APNs base URL (https://api.sandbox.push.apple.com for development)",
     )
     notifier_ledger_ttl_s: int = Field(
         default=7 * 86_400, ge=60, le=90 * 86_400,

@@ -19,10 +19,12 @@ Per fetched batch (records keyed by owner, so an owner's alerts arrive in order)
 A retry loop drains the queues whose due time has come, one attempt at a time per
 target, backing off exponentially with jitter (no sooner than a ``Retry-After``) until
 the target answers or the delivery's attempts run out (``notifier_max_attempts``; then
-the DLQ, with every attempt's time and answer). Android devices get FCM pushes when
-``TECHNIC_NOTIFIER_FCM_CREDENTIALS`` names a service account key (see
-:mod:`technic_stream.notify.fcm`; a token FCM calls unregistered deactivates its
-device); APNs is not wired yet: deliveries to iOS devices are counted ``skipped``.
+the DLQ, with every attempt's time and answer). Devices get pushes through FCM when
+``TECHNIC_NOTIFIER_FCM_CREDENTIALS`` names a service account key
+(:mod:`technic_stream.notify.fcm`) and through APNs when ``TECHNIC_NOTIFIER_APNS_KEY``
+names a .p8 key (:mod:`technic_stream.notify.apns`); a token the provider calls gone
+deactivates its device. Devices whose provider is not configured are counted
+``skipped``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from technic_stream.errors import ConfigError, MessageDecodeError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
 from technic_stream.kafka.dlq import dlq_headers
 from technic_stream.messages import Alert, decode
+from technic_stream.notify.apns import ApnsSender
 from technic_stream.notify.fcm import FcmSender, load_credentials
 from technic_stream.notify.ledger import Ledger
 from technic_stream.notify.webhook import Attempt, WebhookSender
@@ -111,6 +114,7 @@ class Notifier:
     db: AsyncDatabase[Any]
     sender: WebhookSender
     fcm: FcmSender | None = None
+    apns: ApnsSender | None = None
     _owners: dict[str, tuple[float, list[Target]]] = field(default_factory=dict)
     _rules: dict[str, tuple[float, list[str] | None]] = field(default_factory=dict)
 
@@ -123,6 +127,8 @@ class Notifier:
         self.slots = asyncio.Semaphore(s.notifier_concurrency)
         self.draining: set[str] = set()
         self.delivered = 0  # 2xx answers (tests, benchmarks)
+        self._channels = {"webhook"} | ({"fcm"} if self.fcm else set()) | (
+            {"apns"} if self.apns else set())  # fmt: skip
 
     # -- targets ---------------------------------------------------------------------------
 
@@ -188,8 +194,8 @@ class Notifier:
         for t in await self.targets(alert.owner):
             if chans is not None and ("webhook" if t.channel == "webhook" else "push") not in chans:
                 continue
-            if t.channel not in ("webhook", "fcm") or (t.channel == "fcm" and self.fcm is None):
-                DELIVERIES.labels(t.channel, "skipped").inc()  # provider not configured/wired
+            if t.channel not in self._channels:
+                DELIVERIES.labels(t.channel, "skipped").inc()  # its provider not configured
                 continue
             eid = f"{alert.alert_id}:{t.target_id}"
             if t.channel == "webhook":
@@ -294,6 +300,10 @@ class Notifier:
         if t.channel == "fcm" and self.fcm is not None:
             push = orjson.loads(rec["body"])
             attempt = await self.fcm.send(t.token, push["title"], push["text"], push["data"])
+        elif t.channel == "apns" and self.apns is not None:
+            push = orjson.loads(rec["body"])
+            attempt = await self.apns.send(t.token, push["title"], push["text"], push["data"],
+                                           rec["eid"])  # fmt: skip
         else:
             attempt = await self.sender.post(t.url, t.secret, rec["eid"], rec["body"].encode())
         rec["n"] += 1
@@ -417,6 +427,28 @@ class _DeliveryFailed(Exception):
         self.reason = reason
 
 
+def _apns(settings: Settings) -> ApnsSender | None:
+    """The APNs client when its key is configured (and everything it needs with it)."""
+    s = settings
+    if not s.notifier_apns_key:
+        return None
+    missing = [f"TECHNIC_NOTIFIER_APNS_{n.upper()}" for n, v in (
+        ("key_id", s.notifier_apns_key_id), ("team_id", s.notifier_apns_team_id),
+        ("topic", s.notifier_apns_topic)) if not v]  # fmt: skip
+    if missing:
+        problem = f"TECHNIC_NOTIFIER_APNS_KEY is set; also set {', '.join(missing)}"
+        raise ConfigError(problem, [problem])
+    try:
+        with open(s.notifier_apns_key) as f:
+            key = f.read()
+    except OSError as exc:
+        problem = f"TECHNIC_NOTIFIER_APNS_KEY: {exc}"
+        raise ConfigError(problem, [problem]) from exc
+    assert s.notifier_apns_key_id and s.notifier_apns_team_id and s.notifier_apns_topic
+    return ApnsSender(key, s.notifier_apns_key_id, s.notifier_apns_team_id,
+                      s.notifier_apns_topic, s.notifier_apns_url, s.notifier_timeout_s)  # fmt: skip
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -452,8 +484,16 @@ async def notifier_service(
             raise ConfigError(problem, [problem]) from exc
         fcm = FcmSender(creds, settings.notifier_fcm_url, sender.session)
     try:
+        apns = _apns(settings)
+    except ConfigError:
+        await sender.aclose()
+        await mongo.close()
+        await redis.aclose()
+        raise
+    try:
         async with Producer(settings) as producer:
-            handler = Notifier(settings, producer, redis, mongo[settings.mongo_db], sender, fcm)
+            handler = Notifier(settings, producer, redis, mongo[settings.mongo_db], sender, fcm,
+                               apns)  # fmt: skip
             if started is not None:
                 started(handler)
             group = group_name(settings.topic_prefix, NOTIFIER_GROUP)
@@ -466,6 +506,8 @@ async def notifier_service(
                 stop.set()
                 await retries
     finally:
+        if apns is not None:
+            await apns.aclose()
         await sender.aclose()
         await mongo.close()
         await redis.aclose()

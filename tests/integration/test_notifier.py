@@ -23,6 +23,10 @@ from technic_stream.notify.service import Notifier, notifier_service
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 from technic_stream.topics import topic_name
+from tests.integration.apns_server import KEY_ID as APNS_KEY_ID
+from tests.integration.apns_server import TEAM_ID as APNS_TEAM_ID
+from tests.integration.apns_server import TOPIC as APNS_TOPIC
+from tests.integration.apns_server import ApnsServer
 from tests.integration.fcm_server import FcmServer
 from tests.integration.fcm_server import _error as fcm_error
 from tests.integration.helpers import read_topic
@@ -290,3 +294,51 @@ async def test_fcm_pushes_with_oauth_and_unregistered_devices_are_deactivated(se
     msg = fcm.messages[0]
     assert msg["notification"] == {"title": "AAPL: r-push", "body": first[0].message}
     assert fcm.token_requests == 1 and fcm.unauthorized == 0  # one OAuth token, cached
+
+
+async def test_apns_over_http2_with_a_provider_token_and_gone_tokens_deactivated(
+    settings, tmp_path
+):
+    def answer(token: str, n: int):
+        return {"ios-bad": (400, "BadDeviceToken"), "ios-gone": (410, "Unregistered"),
+                "ios-busy": (429, "TooManyRequests") if n == 1 else None,
+                "ios-exp": (403, "ExpiredProviderToken") if n == 1 else None,
+                "ios-503": (503, "ServiceUnavailable") if n == 1 else None,
+                "ios-huge": (413, "PayloadTooLarge")}.get(token)  # fmt: skip
+
+    async with ApnsServer(answer) as apns:
+        key = tmp_path / "AuthKey.p8"
+        key.write_text(apns.key_pem)
+        settings = settings.model_copy(update={
+            **FAST, "notifier_apns_key": str(key), "notifier_apns_key_id": APNS_KEY_ID,
+            "notifier_apns_team_id": APNS_TEAM_ID, "notifier_apns_topic": APNS_TOPIC,
+            "notifier_apns_url": apns.url,
+        })  # fmt: skip
+        mongo = mongo_client(settings)
+        devices = mongo[settings.mongo_db]["devices"]
+        tokens = ["ios-good", "ios-bad", "ios-gone", "ios-busy", "ios-exp", "ios-huge", "ios-503"]
+        for i, token in enumerate(tokens):
+            await devices.insert_one({"_id": f"d{i}", "owner": f"u{i}", "platform": "apns",
+                                      "token": token, "active": True})  # fmt: skip
+        alerts = [alert(f"u{i}", "r-ios", 0) for i in range(len(tokens))]
+        try:
+            async with running_notifier(settings):
+                await fire(settings, alerts)
+                await until(lambda: len(apns.accepted) == 4, "good, busy, exp and 503 pushes")
+                await asyncio.sleep(0.5)
+            states = {d["token"]: d async for d in devices.find({})}
+        finally:
+            await mongo.close()
+    delivered = {t: body for t, body, _ in apns.accepted}
+    assert sorted(delivered) == ["ios-503", "ios-busy", "ios-exp", "ios-good"]
+    assert apns.attempts["ios-busy"] == apns.attempts["ios-exp"] == apns.attempts["ios-503"] == 2
+    assert apns.attempts["ios-huge"] == 1  # other 4xx: final
+    body = delivered["ios-good"]
+    assert body["aps"]["alert"] == {"title": "AAPL: r-ios", "body": alerts[0].message}
+    assert body["alert_id"] == alerts[0].alert_id and body["event_id"].endswith(":d0")
+    assert not states["ios-bad"]["active"] and not states["ios-gone"]["active"]
+    assert "Unregistered" in states["ios-gone"]["deactivated_reason"]
+    assert states["ios-good"]["active"] and states["ios-huge"]["active"]
+    assert apns.refused_auth == 0
+    headers = apns.accepted[0][2]
+    assert headers["apns-push-type"] == "alert" and headers["apns-topic"] == APNS_TOPIC
