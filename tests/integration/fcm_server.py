@@ -16,8 +16,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from technic_stream.local import free_port
 from technic_stream.notify.fcm import SCOPE
+from tests.integration.local_http import LocalHttpServer
 
 PROJECT = "technic-test"
 
@@ -31,9 +31,9 @@ def _error(status: int, code: str, fcm_code: str | None = None) -> web.Response:
     )
 
 
-class FcmServer:
+class FcmServer(LocalHttpServer):
     def __init__(self, answer: Callable[[str, int], web.Response | None] = lambda t, n: None):
-        self.port = free_port()
+        super().__init__()
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.public_key = key.public_key()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -49,7 +49,6 @@ class FcmServer:
         self.messages: list[dict[str, Any]] = []  # accepted
         self.attempts: dict[str, int] = {}
         self.unauthorized = 0
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -89,21 +88,6 @@ class FcmServer:
         self.messages.append(message)
         return web.json_response({"name": f"projects/{PROJECT}/messages/{time.time_ns()}"})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/token", self._token)
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def __aenter__(self) -> FcmServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from technic_stream.app.ops import OpsServer
 from technic_stream.config import Settings
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
 from technic_stream.messages import Bar, decode
@@ -90,6 +93,25 @@ class BarCollector:
     async def on_revoked(self, partitions: set[TopicPartition]) -> None:
         await self.producer.flush()
         self.revoked.append(partitions)
+
+
+@contextlib.asynccontextmanager
+async def running_service(main: Any, settings: Settings) -> AsyncIterator[Any]:
+    """``main(settings, stop, ops, started=...)`` in this process, yielding the handler it
+    reports through ``started``; stopped (and awaited) on exit."""
+    stop = asyncio.Event()
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(main(settings, stop, OpsServer(), started=got.set_result))
+    done, _ = await asyncio.wait({got, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if got not in done:
+        if task in done:
+            task.result()  # the service failed before it started: say why
+        raise TimeoutError(f"{getattr(main, '__name__', main)} did not start within 30 s")
+    try:
+        yield got.result()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
 
 
 async def run_cli(*args: str, env: dict[str, str], within: float = 90) -> tuple[int, str, str]:

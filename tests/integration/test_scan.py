@@ -8,14 +8,12 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import numpy as np
 import orjson
 import pytest
 
-from technic_stream.app.ops import OpsServer
 from technic_stream.config import Settings
 from technic_stream.kafka import Producer
 from technic_stream.marketdata.archiver import run_backfill
@@ -30,24 +28,15 @@ from technic_stream.storage.bars import BarArchive
 from technic_stream.storage.scans import INLINE_SYMBOLS
 from technic_stream.topics import topic_name
 from tests.integration.engine_helpers import wait_for
-from tests.integration.helpers import read_topic, run_cli
+from tests.integration.helpers import read_topic, run_cli, running_service
 from tests.rules.reference import evaluate
 
 SAMPLE = ("AAPL", "FB", "GOOG", "IBM", "MSFT")
 START_2012 = int(datetime(2012, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-@contextlib.asynccontextmanager
-async def running_scanner(settings: Settings) -> AsyncIterator[ScanWorker]:
-    stop = asyncio.Event()
-    got: asyncio.Future[ScanWorker] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(scanner_service(settings, stop, OpsServer(), started=got.set_result))
-    worker = await asyncio.wait_for(got, 30)
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
+def running_scanner(settings: Settings) -> contextlib.AbstractAsyncContextManager[ScanWorker]:
+    return running_service(scanner_service, settings)
 
 
 async def submit(settings: Settings, req: ScanRequest) -> None:

@@ -11,23 +11,22 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from technic_stream.local import free_port
 from technic_stream.notify.webhook import verify
+from tests.integration.local_http import LocalHttpServer
 
 Answer = int | tuple[int, dict[str, str]]
 
 
-class WebhookReceiver:
+class WebhookReceiver(LocalHttpServer):
     def __init__(self, secret: str, answer: Callable[[int], Answer] = lambda n: 200) -> None:
+        super().__init__()
         self.secret = secret
         self.answer = answer  # request number (1-based) → status, or (status, headers)
-        self.port = free_port()
         self.requests = 0
         self.bad_signatures = 0
         self.accepted: list[tuple[str, dict[str, Any], float]] = []  # 2xx: id, body, when
         self.seen: dict[str, int] = {}  # event id → 2xx answers given for it
         self.attempts: dict[str, list[float]] = {}  # event id → every request's time
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -60,21 +59,5 @@ class WebhookReceiver:
             self.seen[eid] = self.seen.get(eid, 0) + 1
         return web.Response(status=status, headers=headers)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> WebhookReceiver:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
