@@ -349,7 +349,7 @@ class Notifier:
         topic, partition, offset = rec.get("src") or (self.topic, -1, -1)
         src = _Src(topic, partition, offset, rec["eid"].encode(), orjson.dumps(rec))
         await self.producer.send(self.dlq_topic, src.value, key=src.key,
-                                 headers=dlq_headers(src, _DeliveryFailed(why)))  # fmt: skip
+                                 headers=dlq_headers(src, DeliveryFailed(why)))  # fmt: skip
 
     # -- the retry loop --------------------------------------------------------------------
 
@@ -421,7 +421,9 @@ class Notifier:
         await self.producer.flush()
 
 
-class _DeliveryFailed(Exception):
+class DeliveryFailed(Exception):
+    """A delivery refused for good or out of attempts (the DLQ's ``error-class``)."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason

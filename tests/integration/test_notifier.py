@@ -164,7 +164,7 @@ async def test_refusals_are_final_errors_retried_and_retry_after_honoured(settin
     (dead,) = await read_topic(settings, topic_name(settings.topic_prefix, "dlq"), expect=1)
     headers = dict(dead.headers)
     assert dead.key == f"{one.alert_id}:refuse".encode()
-    assert headers["error-class"] == b"_DeliveryFailed" and b"400" in headers["error-reason"]
+    assert headers["error-class"] == b"DeliveryFailed" and b"400" in headers["error-reason"]
     record = orjson.loads(dead.value)
     assert [h[1] for h in record["history"]] == ["400"] and record["n"] == 1
 
