@@ -232,6 +232,11 @@ class Settings(BaseSettings):
     notifier_concurrency: int = Field(
         default=64, ge=1, le=10_000, description="deliveries in flight per notifier process"
     )
+    notifier_digest_s: float = Field(
+        default=0.0, ge=0, le=3_600,
+        description="hold an owner's alerts of one bar this long, then send them as one "
+        "message per target (0: a message per alert)",
+    )  # fmt: skip
     notifier_fcm_credentials: str | None = Field(
         default=None,
         description="path of a Firebase service account's JSON key; unset: no FCM pushes",

@@ -16,6 +16,8 @@ Keys (prefix ``technic:``):
   queue), so one target sees one sender and its deliveries stay in order.
 * ``notify:rate:{owner}:{minute}`` — set of the event ids admitted for an owner in a
   minute (at most ``notifier_owner_rate``).
+* ``notify:dg:{owner}|{tf}|{ts}`` — with ``notifier_digest_s``: the alerts of one bar of
+  an owner's, waiting to go out together; ``notify:dg:due`` — when each digest is due.
 """
 
 from __future__ import annotations
@@ -85,6 +87,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return table.concat(out)
 """)
 
+# KEYS: the bar's digest list, the digest due set, the alert's ledger entry; ARGV: alert
+# JSON, digest member, due ms, ttl. Adds the alert to its bar's digest once.
+_DIGEST_ADD = Script("""
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[2])
+redis.call('SET', KEYS[3], 'digested', 'EX', ARGV[4])
+return 1
+""")
+
+# KEYS: the digest list, the due set; ARGV: items sent, member, next due ms. Drops the
+# sent items; a digest that grew meanwhile stays due for its new items.
+_DIGEST_DONE = Script("""
+redis.call('LTRIM', KEYS[1], tonumber(ARGV[1]), -1)
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+end
+return 1
+""")
+
 _UNLOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -103,7 +128,8 @@ class Ledger:
         self.ttl_s = ttl_s
         self.token = secrets.token_hex(8)  # this process, as lock holder
         self.due_key = f"{self.p}due"
-        self._scripts = (_ENQUEUE, _FINISH, _RESCHEDULE, _UNLOCK, _ADMIT)
+        self._scripts = (_ENQUEUE, _FINISH, _RESCHEDULE, _UNLOCK, _ADMIT, _DIGEST_ADD,
+                         _DIGEST_DONE)  # fmt: skip
         self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -209,6 +235,32 @@ class Ledger:
             [_RESCHEDULE.call(keys, [record["eid"], orjson.dumps(record), due_ms, target])],
             scripts=self._scripts,
         )
+
+    # -- digests: an owner's alerts of one bar, sent together ----------------------------
+
+    async def digest_add(self, member: str, alert_id: str, alert: bytes, due_ms: int) -> int:
+        """Add an alert to the digest ``member`` (``{owner}|{tf}|{ts}``); 0 if it was in
+        one already (a redelivered alert)."""
+        keys = [f"{self.p}dg:{member}", f"{self.p}dg:due", self._d(f"{alert_id}:digest")]
+        (added,) = await execute(
+            self.redis, [_DIGEST_ADD.call(keys, [alert, member, due_ms, self.ttl_s])],
+            scripts=self._scripts,
+        )  # fmt: skip
+        return int(added)
+
+    async def digests_due(self, now_ms: int, limit: int = 64) -> list[str]:
+        raw = await self.redis.zrangebyscore(f"{self.p}dg:due", "-inf", now_ms, start=0,
+                                             num=limit)  # fmt: skip
+        return [_text(m) for m in raw]
+
+    async def digest_items(self, member: str) -> list[bytes]:
+        raw = await self.redis.lrange(f"{self.p}dg:{member}", 0, -1)
+        return [v if isinstance(v, bytes) else str(v).encode() for v in raw]
+
+    async def digest_done(self, member: str, sent: int, next_due_ms: int) -> None:
+        keys = [f"{self.p}dg:{member}", f"{self.p}dg:due"]
+        await execute(self.redis, [_DIGEST_DONE.call(keys, [sent, member, next_due_ms])],
+                      scripts=self._scripts)  # fmt: skip
 
     async def due(self, now_ms: int, limit: int = 64) -> list[str]:
         raw = await self.redis.zrangebyscore(self.due_key, "-inf", now_ms, start=0, num=limit)

@@ -14,7 +14,9 @@ Per fetched batch (records keyed by owner, so an owner's alerts arrive in order)
    everything after it for that target to the target's queue (see
    :mod:`technic_stream.notify.ledger`); a final refusal (other 4xx) goes to the DLQ;
 5. return once every delivery of the batch has an outcome in the ledger (sent, failed,
-   limited or queued): the consumer then commits.
+   limited or queued): the consumer then commits. With ``notifier_digest_s`` the
+   alerts are instead added to their bar's digest (an outcome too), which the retry
+   loop sends when due: one message per target with all of the bar's alerts.
 
 A retry loop drains the queues whose due time has come, one attempt at a time per
 target, backing off exponentially with jitter (no sooner than a ``Retry-After``) until
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -162,6 +165,14 @@ class Notifier:
                     )
                 except MessageDecodeError as exc:
                     await self.dlq.route(r, exc)
+        if self.settings.notifier_digest_s > 0:  # held per bar, sent by the digest loop
+            due = _now_ms() + int(self.settings.notifier_digest_s * 1000)
+            for alert, r in alerts:
+                member = f"{alert.owner}|{alert.tf}|{alert.ts}"
+                if not await self.ledger.digest_add(member, alert.alert_id, r.value, due):
+                    DELIVERIES.labels("digest", "duplicate").inc()
+            await self.producer.flush()
+            return
         await self._load_targets({a.owner for a, _ in alerts})
         plans: list[tuple[Target, dict[str, Any]]] = []
         for alert, r in alerts:
@@ -189,10 +200,9 @@ class Notifier:
             self._owners[owner] = (now + _TARGETS_TTL_S, targets)
 
     async def _plan(self, alert: Alert, record: Any) -> list[tuple[Target, dict[str, Any]]]:
-        chans = await self.channels(alert.rule_id)
         out = []
         for t in await self.targets(alert.owner):
-            if chans is not None and ("webhook" if t.channel == "webhook" else "push") not in chans:
+            if not await self._allows(alert.rule_id, t):
                 continue
             if t.channel not in self._channels:
                 DELIVERIES.labels(t.channel, "skipped").inc()  # its provider not configured
@@ -216,6 +226,53 @@ class Notifier:
                 "src": [record.topic, record.partition, record.offset],
             }))  # fmt: skip
         return out
+
+    async def _send_digest(self, member: str) -> None:
+        """One message per target for the alerts of one bar of an owner's (those each
+        target's channels allow); its event id names exactly the alerts it holds, so
+        an alert that comes later goes out in a digest of its own."""
+        items = await self.ledger.digest_items(member)
+        alerts = []
+        for raw in items:
+            try:
+                alerts.append(decode(raw, Alert, max_bytes=self.settings.max_message_bytes))
+            except MessageDecodeError:  # (checked before it was added; never expected)
+                log.warning("unreadable digest item dropped", extra={"digest": member})
+        owner, tf, ts = member.split("|")
+        plans: list[tuple[Target, dict[str, Any]]] = []
+        for t in await self.targets(owner):
+            if t.channel not in self._channels:
+                DELIVERIES.labels(t.channel, "skipped").inc()
+                continue
+            mine = [a for a in alerts if await self._allows(a.rule_id, t)]
+            if not mine:
+                continue
+            ids = sorted(a.alert_id for a in mine)
+            digest_id = hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest()
+            eid = f"digest:{digest_id}:{t.target_id}"
+            text = "; ".join(_text(a) for a in mine)[:1_000]
+            if t.channel == "webhook":
+                body = {"type": "alert_digest", "v": 1, "event_id": eid, "owner": owner,
+                        "tf": tf, "ts": int(ts), "text": text,
+                        "alerts": [a.model_dump(mode="json") for a in mine]}  # fmt: skip
+            else:
+                body = {"title": f"{len(mine)} alert{'s' if len(mine) > 1 else ''}, {tf} bar",
+                        "text": text, "data": {"event_id": eid, "tf": tf, "ts": ts,
+                                               "alert_ids": ",".join(ids)[:3_000]}}  # fmt: skip
+            plans.append((t, {
+                "eid": eid, "owner": owner, "target": t.target_id, "n": 0,
+                "fired_at": min(a.fired_at for a in mine), "body": orjson.dumps(body).decode(),
+                "history": [], "src": [self.topic, -1, -1],
+            }))  # fmt: skip
+        if plans:
+            await self._deliver(plans)
+        await self.producer.flush()
+        next_due = _now_ms() + int(self.settings.notifier_digest_s * 1000)
+        await self.ledger.digest_done(member, len(items), next_due)
+
+    async def _allows(self, rule_id: str, t: Target) -> bool:
+        chans = await self.channels(rule_id)
+        return chans is None or ("webhook" if t.channel == "webhook" else "push") in chans
 
     async def _deliver(self, plans: list[tuple[Target, dict[str, Any]]]) -> None:
         known = await self.ledger.outcomes([rec["eid"] for _, rec in plans])
@@ -366,6 +423,13 @@ class Notifier:
                             task = asyncio.create_task(self._drain(target))
                             tasks.add(task)
                             task.add_done_callback(tasks.discard)
+                    for member in await self.ledger.digests_due(_now_ms()):
+                        hold = f"dg|{member}"
+                        if hold not in self.draining and await self.ledger.lock(hold):
+                            self.draining.add(hold)
+                            task = asyncio.create_task(self._digest(member, hold))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
                 except Exception as exc:  # Redis away: retried next tick
                     log.warning("notifier retry tick failed", extra={"error": str(exc)})
                 with contextlib.suppress(TimeoutError):
@@ -374,6 +438,16 @@ class Notifier:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _digest(self, member: str, hold: str) -> None:
+        try:
+            await self._send_digest(member)
+        except Exception as exc:  # retried on a later tick (it stays due)
+            log.warning("notifier digest failed", extra={"digest": member, "error": str(exc)})
+        finally:
+            self.draining.discard(hold)
+            with contextlib.suppress(Exception):
+                await self.ledger.unlock(hold)
 
     async def _drain(self, target_id: str) -> None:
         try:

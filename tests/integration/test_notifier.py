@@ -334,3 +334,39 @@ async def test_apns_over_http2_with_a_provider_token_and_gone_tokens_deactivated
     assert apns.refused_auth == 0
     headers = apns.accepted[0][2]
     assert headers["apns-push-type"] == "alert" and headers["apns-topic"] == APNS_TOPIC
+
+
+async def test_a_digest_sends_one_message_per_bar_with_all_its_alerts(settings):
+    settings = settings.model_copy(update={**FAST, "notifier_digest_s": 0.5})
+    bar_ts = 1_700_000_000_000
+
+    def on_bar(i: int, symbol: str, ts: int) -> Alert:
+        return Alert(alert_id=alert_id(f"r{i}", symbol, "1m", ts), rule_id=f"r{i}",
+                     owner="alice", symbol=symbol, tf="1m", ts=ts, fired_at=int(time.time() * 1000),
+                     close=10.0 + i, message=f"{symbol} r{i}")  # fmt: skip
+
+    first = [on_bar(i, s, bar_ts) for i, s in enumerate(["AAPL", "MSFT", "IBM", "FB"])]
+    other = on_bar(9, "GOOG", bar_ts + 60_000)
+    async with WebhookReceiver(SECRET) as rx:
+        await add_webhook(settings, "alice", rx.url, "dg")
+        async with running_notifier(settings):
+            await fire(settings, [*first[:2], other, *first[2:]])
+            await until(lambda: len(rx.accepted) == 2, "two digests")
+            await fire(settings, first)  # redelivered: already in a digest
+            await asyncio.sleep(1.5)
+            late = on_bar(5, "NFLX", bar_ts)  # the bar's digest went out: a digest of its own
+            await fire(settings, [late])
+            await until(lambda: len(rx.accepted) == 3, "the late alert's digest")
+            await asyncio.sleep(0.5)
+    bodies = [body for _, body, _ in rx.accepted]
+    assert all(b["type"] == "alert_digest" for b in bodies)
+    by_ts = {}
+    for b in bodies:
+        by_ts.setdefault(b["ts"], []).append([a["alert_id"] for a in b["alerts"]])
+    assert by_ts[bar_ts] == [[a.alert_id for a in first], [late.alert_id]]
+    assert by_ts[bar_ts + 60_000] == [[other.alert_id]]
+    assert (
+        next(b["text"] for b in bodies if len(b["alerts"]) == 4)
+        == "AAPL r0; MSFT r1; IBM r2; FB r3"
+    )
+    assert len(rx.unique) == 3
