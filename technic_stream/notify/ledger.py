@@ -110,6 +110,12 @@ end
 return 1
 """)
 
+# KEYS: queue, due set; ARGV: target. An empty queue's target is no longer due.
+_IDLE = Script("""
+if redis.call('LLEN', KEYS[1]) == 0 then return redis.call('ZREM', KEYS[2], ARGV[1]) end
+return 0
+""")
+
 _UNLOCK = Script("""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -129,7 +135,7 @@ class Ledger:
         self.token = secrets.token_hex(8)  # this process, as lock holder
         self.due_key = f"{self.p}due"
         self._scripts = (_ENQUEUE, _FINISH, _RESCHEDULE, _UNLOCK, _ADMIT, _DIGEST_ADD,
-                         _DIGEST_DONE)  # fmt: skip
+                         _DIGEST_DONE, _IDLE)  # fmt: skip
         self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -227,6 +233,12 @@ class Ledger:
             scripts=self._scripts,
         )  # fmt: skip
         return int(left)
+
+    async def idle(self, target: str) -> None:
+        """Forget ``target``'s due time if its queue is empty (atomically: a delivery
+        queued meanwhile keeps it due)."""
+        await execute(self.redis, [_IDLE.call([self._q(target), self.due_key], [target])],
+                      scripts=self._scripts)  # fmt: skip
 
     async def reschedule(self, target: str, record: dict[str, Any], due_ms: int) -> None:
         keys = [self._q(target), self.due_key]

@@ -454,7 +454,7 @@ class Notifier:
             while True:
                 rec = await self.ledger.head(target_id)
                 if rec is None:
-                    await self.ledger.finish(target_id, "", "sent")  # (forgets the due time)
+                    await self.ledger.idle(target_id)
                     return
                 t = await self.target(rec["owner"], target_id)
                 if t is None:  # the webhook was deleted or turned off meanwhile
