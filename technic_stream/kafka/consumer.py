@@ -123,7 +123,7 @@ class BatchConsumer(AsyncResource):
         # those records were handled already
         self._next: dict[TopicPartition, int] = {}
         self._reread: dict[TopicPartition, int] = {}  # position a gap made us re-read from
-        # a batch handed over whose outputs are still being written: (done, offsets, counts)
+        # a batch handed over whose outputs are still being written: (done, offsets, batch)
         self._pending: tuple[asyncio.Future[None], dict[TopicPartition, int], Batch] | None = None
         self.duplicates_dropped = 0
         self.records_processed = 0
