@@ -616,7 +616,8 @@ class ScanJob:
                 found.rows.append((latest.symbols[j], t, sc,
                                    {n: (x if x == x else None)
                                     for n, x in zip(names, vals, strict=True)}))  # fmt: skip
-        start = self.req.start
+        start = self.req.start or 0
+        snapshot = self.req.mode == "snapshot"
         for s in chunk:
             bars = series.get(s)
             if bars is None or len(bars["ts"]) == 0:
@@ -624,15 +625,19 @@ class ScanJob:
             cols = rules.series_columns(bars)
             res = rules.evaluate_series(cols, n=len(bars["ts"]))
             match = res.match(0)
-            if self.req.mode == "snapshot":
-                idx = [len(match) - 1] if match[-1] else []
+            if snapshot:
+                idx = np.array([len(match) - 1]) if match[-1] else np.empty(0, np.intp)
             else:
-                in_range = bars["ts"] >= (start or 0)
-                idx = np.flatnonzero(match & in_range).tolist()
+                idx = np.flatnonzero(match & (bars["ts"] >= start))
+            if not len(idx):
+                continue
             score = res.score(0)
-            for b in idx:
-                vals = _values(names, np.array([cols[c][b] for c in names]))
-                found.rows.append((s, int(bars["ts"][b]), _num(score, b), vals))
+            # the matches' values, all columns at once (not an array per match)
+            matched = np.stack([cols[c][idx] for c in names], axis=1) if names else None
+            scores = [None] * len(idx) if score is None else _nums(score[idx])
+            for k, (b, sc) in enumerate(zip(idx.tolist(), scores, strict=True)):
+                vals = {} if matched is None else _values(names, matched[k])
+                found.rows.append((s, int(bars["ts"][b]), sc, vals))
         found.scanned = len(chunk)
         return found
 
@@ -805,13 +810,6 @@ def _rank_key(rules: RuleSet) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     sign = -1.0 if rule.descending else 1.0
     return lambda r: (r["score"] is None, sign * (r["score"] if r["score"] is not None else 0.0),
                       r["symbol"], r["ts"])  # fmt: skip
-
-
-def _num(arr: np.ndarray | None, j: int) -> float | None:
-    if arr is None:
-        return None
-    x = float(arr[j])
-    return x if math.isfinite(x) else None
 
 
 def _nums(arr: np.ndarray) -> list[float | None]:
