@@ -1,6 +1,6 @@
 """One scan, start to finish: resolve_universe → load_data → compute → rank → finalize.
 
-The universe is cut into chunks of ``scan_chunk_symbols``. Each chunk is loaded
+The universe is cut into even chunks of at most ``scan_chunk_symbols``. Each chunk is loaded
 (``history``: the symbols' bars from the MongoDB archive, a few at a time; ``snapshot``:
 the engine's latest values from Redis, or the archive where they cannot answer the rule),
 computed off the event loop (the batch kernels and the compiled rule over the chunk), and
@@ -197,7 +197,6 @@ class ScanJob:
         self._last_progress = 0.0
         self._stage = "queued"
         self._sizes: dict[int, int] = {}
-        self._loaded: set[int] = set()  # chunks this run has loaded
         self._stats: dict[int, _ChunkStats] = {}  # checkpointed chunks, by anyone
         self._held: set[int] = set()  # chunks this run has claimed and not finished
         self._claimant = f"{ctx.worker_id}/{uuid.uuid4().hex[:8]}"
@@ -216,14 +215,6 @@ class ScanJob:
     @property
     def done(self) -> int:
         return sum(self._sizes.get(i, 0) for i in self._stats)
-
-    @property
-    def work(self) -> float:
-        """Symbols done, counting a chunk this run has loaded but not finished as half
-        done: the ETA's unit. Loads and computes overlap, so chunks finish in bursts; the
-        half steps in between keep the rate steady."""
-        half = sum(self._sizes.get(i, 0) for i in self._loaded if i not in self._stats)
-        return self.done + half / 2
 
     @property
     def matches(self) -> int:
@@ -264,8 +255,7 @@ class ScanJob:
         if symbols is None:
             return await self._fail(f"unknown universe {req.universe!r}")
         self.total = len(symbols)
-        chunks = {n: symbols[i : i + self.chunk_size]
-                  for n, i in enumerate(range(0, len(symbols), self.chunk_size))}  # fmt: skip
+        chunks = dict(enumerate(split_even(symbols, self.chunk_size)))
         self._sizes = {n: len(c) for n, c in chunks.items()}
         await self._refresh()
         todo = [i for i in chunks if i not in self._stats]
@@ -441,9 +431,13 @@ class ScanJob:
                 data = await loading
                 loading = None
                 j, loading = await self._next(rules, chunks, candidates)
+                t0 = time.monotonic()
                 found = await self._compute_chunk(rules, chunks[i], data)
                 await self._checkpoint(rules, i, found, data)
                 await self._partial(i, found)
+                now = time.monotonic()
+                self.eta.busy(now - t0, len(chunks[i]))
+                self.eta.observe(now, self.done)
                 i = j
         finally:
             if loading is not None:
@@ -464,7 +458,7 @@ class ScanJob:
             if got < 0:
                 return None, None
             if got:
-                return i, asyncio.create_task(self._load_chunk(rules, i, chunks[i]))
+                return i, asyncio.create_task(self._load(rules, chunks[i]))
         return None, None
 
     # -- stages ----------------------------------------------------------------------------
@@ -517,12 +511,6 @@ class ScanJob:
             self._prefetched = (rows, table)
         return {s for s, f in zip(symbols, flags, strict=True) if f}
 
-    async def _load_chunk(self, rules: RuleSet, i: int, chunk: list[str]) -> _Loaded:
-        data = await self._load(rules, chunk)
-        self._loaded.add(i)
-        self.eta.observe(time.monotonic(), self.work)  # the sample at its true time
-        return data
-
     async def _load(self, rules: RuleSet, chunk: list[str]) -> _Loaded:
         self.current = chunk[0]
         await self._progress("load_data")
@@ -536,7 +524,7 @@ class ScanJob:
         return _Loaded(latest, series, hits, misses)
 
     async def _compute_chunk(self, rules: RuleSet, chunk: list[str], data: _Loaded) -> _Found:
-        self.eta.start(time.monotonic(), self.work)
+        self.eta.start(time.monotonic(), self.done)
         await self._progress("compute")
         async with self.ctx.compute_slots:
             found = await asyncio.to_thread(self._compute, rules, chunk, data.latest,
@@ -732,7 +720,7 @@ class ScanJob:
         self._stage = stage
         self._last_progress = now
         self.eta.total = self.total
-        self.eta.observe(now, self.work)
+        self.eta.observe(now, self.done)
         rate, eta = self.eta.estimate(now)
         finished = stage in FINAL
         percent = 100.0 if stage == "done" else (
@@ -785,6 +773,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """)
+
+
+def split_even(symbols: list[str], most: int) -> list[list[str]]:
+    """``symbols`` in as few chunks of at most ``most`` as will do, their sizes differing
+    by one at most: 5,001 symbols by 500 are eleven chunks of 454-455, not ten of 500 and
+    one of 1 (a chunk's fixed costs — a query, a checkpoint — would make that one take as
+    long as a full one, and the ETA, which counts symbols, would not expect it)."""
+    if not symbols:
+        return []
+    k = -(-len(symbols) // most)
+    base, extra = divmod(len(symbols), k)
+    out, lo = [], 0
+    for n in range(k):
+        hi = lo + base + (n < extra)
+        out.append(symbols[lo:hi])
+        lo = hi
+    return out
 
 
 def _pack(bars: dict[str, np.ndarray]) -> bytes:

@@ -90,3 +90,26 @@ def test_one_slow_chunk_barely_moves_the_estimate():
     _, ms = eta.estimate(t)
     steady = 30 * 1_000  # 3,000 symbols left at 100/s
     assert abs(ms - steady) / steady < 0.15
+
+
+def test_a_pipelined_scan_counts_its_last_chunk_as_compute_only():
+    # chunks finish every 1.0 s (the next chunk's load is the slower stage); computing
+    # and storing a chunk takes 0.4 s, so the last one is done 0.4 s after its load
+    eta = Eta(2_000)
+    eta.start(0.0, 0)
+    for _ in range(10):
+        eta.busy(0.4, 100)
+    t = run(eta, [1.0] * 10, 100)
+    _, ms = eta.estimate(t)
+    assert ms == 9_000 + 400  # nine steady steps, then the last chunk's compute
+    _, ms_later = eta.estimate(t + 0.3)
+    assert ms_later == 9_100
+
+
+def test_a_compute_bound_scan_gets_no_saving():
+    eta = Eta(1_000)
+    eta.start(0.0, 0)
+    for _ in range(5):
+        eta.busy(1.0, 100)  # computing is the whole step
+    t = run(eta, [1.0] * 5, 100)
+    assert eta.estimate(t)[1] == 5_000
