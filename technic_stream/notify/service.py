@@ -49,6 +49,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pymongo.asynchronous.database import AsyncDatabase
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.errors import ConfigError, MessageDecodeError
@@ -575,6 +576,7 @@ async def notifier_service(
             group = group_name(settings.topic_prefix, NOTIFIER_GROUP)
             consumer = BatchConsumer(settings, [handler.topic], group, handler)
             ops.checks["notifier"] = consumer_ready(consumer)
+            settle_gc()
             retries = asyncio.create_task(handler.retry_loop(stop), name="notifier-retries")
             try:
                 await run_consumer(consumer, stop)

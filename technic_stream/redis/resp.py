@@ -174,7 +174,10 @@ async def hmget_table(
             if isinstance(r, Exception):
                 raise r
         flat = [v for row in replies for v in row]
-        absent = np.fromiter((v is None for v in flat), dtype=np.bool_, count=len(flat))
+        if None in flat:  # (a C scan: the usual reply has every field)
+            absent = np.fromiter((v is None for v in flat), dtype=np.bool_, count=len(flat))
+        else:
+            absent = np.zeros(len(flat), dtype=np.bool_)
         absent = absent.reshape(len(part), m)
         tables.append(_floats(flat).reshape(len(part), m))
         missing = absent.sum(axis=1)

@@ -244,14 +244,16 @@ class ScanJob:
             log.info("scan already finished; not recomputed",
                      extra={"scan_id": req.scan_id, "status": finished})  # fmt: skip
             return finished
-        await self._store_request("running")
         self._last_stored = time.monotonic()  # (the next progress need not write it again)
         try:
             rules = compile_rules([req.rule])
         except RuleError as exc:
+            await self._store_request("running")
             return await self._fail(f"invalid rule: column {exc.col}: {exc.reason}")
-        await self._progress("resolve_universe", force=True)
-        symbols, unknown = await self._universe(rules)
+        # the request is stored while the universe resolves (both are round trips)
+        _, (symbols, unknown) = await asyncio.gather(
+            self._store_request("running"), self._resolve(rules)
+        )
         if symbols is None:
             return await self._fail(f"unknown universe {req.universe!r}")
         self.total = len(symbols)
@@ -462,6 +464,10 @@ class ScanJob:
         return None, None
 
     # -- stages ----------------------------------------------------------------------------
+
+    async def _resolve(self, rules: RuleSet) -> tuple[list[str] | None, list[str]]:
+        await self._progress("resolve_universe", force=True)
+        return await self._universe(rules)
 
     async def _universe(self, rules: RuleSet) -> tuple[list[str] | None, list[str]]:
         req = self.req

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import StopRequested, consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.errors import MessageDecodeError
@@ -127,11 +128,14 @@ class ScanWorker:
             raise StopRequested
 
     async def _run(self, req: ScanRequest) -> None:
-        if await self.ctx.redis.exists(self.ctx.key(req.scan_id, "cancel")):
-            self.cancelled.add(req.scan_id)
         job = ScanJob(self.ctx, req, lambda: self.is_cancelled(req.scan_id), lambda: self.stopping)
         self.last_jobs[req.scan_id] = job
-        if (finished := await job.finished_status()) is not None:
+        cancel, finished = await asyncio.gather(
+            self.ctx.redis.exists(self.ctx.key(req.scan_id, "cancel")), job.finished_status()
+        )
+        if cancel:
+            self.cancelled.add(req.scan_id)
+        if finished is not None:
             log.info("scan already finished; not recomputed",
                      extra={"scan_id": req.scan_id, "status": finished})  # fmt: skip
             return
@@ -250,6 +254,7 @@ async def scanner_service(
                 worker.consumers = (consumer, tasks)
                 ops.checks["scanner"] = consumer_ready(consumer)
                 ops.checks["scanner-tasks"] = consumer_ready(tasks)
+                settle_gc()
 
                 async def stopping() -> None:
                     await stop.wait()
