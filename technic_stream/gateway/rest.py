@@ -7,7 +7,9 @@ document is built from the same pydantic models that validate the bodies.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 import secrets
 import time
 import uuid
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 import orjson
 from aiohttp import web
 from pydantic import (
@@ -28,6 +31,7 @@ from pydantic import (
 from technic_stream.gateway import metrics as m
 from technic_stream.gateway.auth import AuthError, Principal
 from technic_stream.messages import (
+    TIMEFRAME_MS,
     AlertRule,
     Ident,
     ScanControl,
@@ -301,6 +305,88 @@ async def indicators(request: web.Request) -> web.Response:
     return _json({"symbol": symbol, "tf": tf, "values": values})
 
 
+_SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._/:^=-]{0,31}$")
+#: what the chart draws: overlays on the candles, and the lower panes
+CHART_INDICATORS = "sma(20), sma(50), ema(21), bb(20,2), rsi(14), macd(12,26,9)"
+
+
+def _symbol(value: str) -> str:
+    if not _SYMBOL_RE.match(value):
+        raise Problem(
+            400, "Bad Request", f"bad symbol {value[:40]!r}: 1-32 of A-Z 0-9 . _ / : ^ = -"
+        )
+    return value
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Problem(400, "Bad Request", f"{name} must be an integer, got {raw[:20]!r}") from None
+    if not lo <= value <= hi:
+        raise Problem(400, "Bad Request", f"{name} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+async def bars(request: web.Request) -> web.Response:
+    """A symbol's last ``limit`` archived bars and the chart's indicators over them,
+    computed by the same batch kernels as the scans (the values the engine streams)."""
+    from technic_stream.indicators.plan import parse_indicators
+    from technic_stream.indicators.series import batch_outputs
+    from technic_stream.storage.bars import BarArchive
+
+    await _principal(request)
+    gw = _gw(request)
+    tf = _tf(request.match_info["tf"])
+    symbol = _symbol(request.match_info["symbol"])
+    limit = _int_query(request, "limit", 500, 1, 5_000)
+    archive = BarArchive(gw.db)
+    end = await archive.last_ts(symbol, tf)
+    if end is None:
+        raise Problem(404, "Not Found", f"no archived {tf} bars for {symbol}")
+    warm = 300  # bars before the first one shown, so the slow indicators are settled
+    span = TIMEFRAME_MS[tf] * (limit + warm) * 2  # (weekends, holidays and gaps)
+    data = await archive.read(symbol, tf, end - span, end)
+    n = len(data["ts"])
+    values: dict[str, np.ndarray] = {}
+    specs = parse_indicators(CHART_INDICATORS)
+    outputs = await asyncio.to_thread(lambda: [
+        batch_outputs(spec, data["ts"], data["open"], data["high"], data["low"],
+                      data["close"], data["volume"]) for spec in specs
+    ])  # fmt: skip
+    for out in outputs:
+        values.update(out)
+    lo = max(0, n - limit)
+    cols = {c: data[c][lo:] for c in ("open", "high", "low", "close", "volume")}
+    return _json({
+        "symbol": symbol, "tf": tf, "ts": data["ts"][lo:].tolist(),
+        **{c: a.tolist() for c, a in cols.items()},
+        "indicators": {k: _finite_list(v[lo:]) for k, v in values.items()},
+    })  # fmt: skip
+
+
+def _finite_list(arr: np.ndarray) -> list[float | None]:
+    return [x if math.isfinite(x) else None for x in arr.tolist()]
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    """Your latest fired alerts (newest first), from the archive; ``symbol`` and ``tf``
+    narrow them (the chart's markers)."""
+    who = await _principal(request)
+    gw = _gw(request)
+    query: dict[str, Any] = {"owner": who.owner}
+    if "symbol" in request.query:
+        query["symbol"] = _symbol(request.query["symbol"])
+    if "tf" in request.query:
+        query["tf"] = _tf(request.query["tf"])
+    limit = _int_query(request, "limit", 100, 1, 1_000)
+    cursor = gw.db["alerts"].find(query).sort("fired_at", -1).limit(limit)
+    return _json({"alerts": [_clean(d, "alert_id") async for d in cursor]})
+
+
 # -- alert rules -------------------------------------------------------------------------
 
 
@@ -533,6 +619,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/v1/symbols", symbols, "Symbols with archived bars of a timeframe"),
     ("GET", "/v1/universes", universes, "Named universes"),
     ("GET", "/v1/indicators/{tf}/{symbol}", indicators, "Latest indicator values"),
+    ("GET", "/v1/bars/{tf}/{symbol}", bars, "Recent archived bars with the chart's indicators"),
+    ("GET", "/v1/alerts", list_alerts, "Your latest fired alerts"),
     ("GET", "/v1/rules", list_rules, "Your alert rules with their status"),
     ("POST", "/v1/rules", create_rule, "Create an alert rule"),
     ("GET", "/v1/rules/{rule_id}", get_rule, "One alert rule with its status"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymongo import ASCENDING, InsertOne, ReplaceOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -257,6 +257,13 @@ class BarArchive:
         async for doc in self.collection.find(query):
             parts.setdefault(doc["symbol"], []).append(_from_document(doc))
         return {sym: _join(buckets, start, end) for sym, buckets in parts.items()}
+
+    async def last_ts(self, symbol: str, tf: str) -> int | None:
+        """The time of the symbol's newest archived bar (None: it has none)."""
+        doc = await self.collection.find_one(
+            {"symbol": symbol, "tf": tf}, {"last": 1}, sort=[("start", DESCENDING)]
+        )
+        return None if doc is None else int(doc["last"])
 
     async def symbols(self, tf: str) -> list[str]:
         """Every symbol with bars of ``tf`` in the archive."""

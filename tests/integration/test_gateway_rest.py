@@ -194,6 +194,68 @@ async def test_indicators_symbols_devices_and_webhooks(settings):
     assert stored["secret"] == hook["secret"] and stored["owner"] == "alice"
 
 
+async def test_bars_come_with_the_charts_indicators_equal_to_ta_lib(settings):
+    import numpy as np
+    import talib
+
+    from technic_stream.storage.bars import BarArchive
+
+    rng = np.random.default_rng(3)
+    n = 700
+    ts = 1_600_000_000_000 + np.arange(n, dtype=np.int64) * 86_400_000
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))
+    high, low = close * 1.01, close * 0.99
+    mongo = mongo_client(settings)
+    try:
+        await BarArchive(mongo[settings.mongo_db]).write(
+            "1d", ["CHRT"] * n, ts, close, high, low, close, np.full(n, 1e6)
+        )
+    finally:
+        await mongo.close()
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        alice = {"Authorization": f"Bearer {gw.token('alice')}"}
+        async with http.get("/v1/bars/1d/CHRT?limit=120", headers=alice) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+        assert body["ts"] == ts[-120:].tolist() and body["close"] == close[-120:].tolist()
+        # over the 120 bars shown and the settled history before them: TA-Lib's values
+        for name, ref in (("rsi_14", talib.RSI(close, 14)), ("sma_20", talib.SMA(close, 20)),
+                          ("ema_21", talib.EMA(close, 21))):  # fmt: skip
+            tail = ref[-120:]
+            assert np.allclose(np.array(body["indicators"][name], dtype=float), tail,
+                               rtol=1e-10, atol=1e-10), name  # fmt: skip
+        upper = talib.BBANDS(close, 20, 2, 2)[0][-120:]
+        assert np.allclose(body["indicators"]["bb_20_2.upper"], upper, rtol=1e-10)
+        for bad, status in (("/v1/bars/1d/CHRT?limit=0", 400), ("/v1/bars/1d/CHRT?limit=x", 400),
+                            ("/v1/bars/9d/CHRT", 400), ("/v1/bars/1d/bad%20sym", 400),
+                            ("/v1/bars/1d/NOPE", 404)):  # fmt: skip
+            async with http.get(bad, headers=alice) as r:
+                await _problem(r, status)
+
+
+async def test_alerts_are_listed_newest_first_to_their_owner_only(settings):
+    mongo = mongo_client(settings)
+    try:
+        alerts = mongo[settings.mongo_db]["alerts"]
+        for i, (owner, symbol) in enumerate([("alice", "AAPL"), ("bob", "AAPL"),
+                                             ("alice", "MSFT"), ("alice", "AAPL")]):  # fmt: skip
+            aid = f"{i:032x}"
+            await alerts.insert_one({"_id": aid, "alert_id": aid, "owner": owner, "rule_id": "r1",
+                                     "symbol": symbol, "tf": "1d", "ts": 1_000 * i,
+                                     "fired_at": 10_000 + i, "close": 1.0})  # fmt: skip
+    finally:
+        await mongo.close()
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        alice = {"Authorization": f"Bearer {gw.token('alice')}"}
+        async with http.get("/v1/alerts", headers=alice) as r:
+            got = [a["alert_id"] for a in (await r.json())["alerts"]]
+        assert got == [f"{3:032x}", f"{2:032x}", f"{0:032x}"]
+        async with http.get("/v1/alerts?symbol=AAPL&tf=1d&limit=1", headers=alice) as r:
+            assert [a["alert_id"] for a in (await r.json())["alerts"]] == [f"{3:032x}"]
+        async with http.get("/v1/alerts?limit=5000", headers=alice) as r:
+            await _problem(r, 400)
+
+
 async def test_errors_are_problem_documents(settings):
     async with (
         running_gateway(settings, gateway_max_request_bytes=2048) as gw,
