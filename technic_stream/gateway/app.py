@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -186,7 +187,17 @@ class Gateway:
         app[GATEWAY] = self
         app.router.add_get("/v1/ws", websocket_handler)
         add_routes(app)
+        app.router.add_get("/", _dashboard)
+        app.router.add_static("/static/", STATIC)
         return app
+
+
+#: the dashboard's files (``vendor/``: the charting library, fetched by ``make install``)
+STATIC = Path(__file__).parent / "static"
+
+
+async def _dashboard(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

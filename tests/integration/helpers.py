@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from technic_stream.app.ops import OpsServer
 from technic_stream.config import Settings
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
+from technic_stream.local.service import ServiceChild
 from technic_stream.messages import Bar, decode
+
+T = TypeVar("T")
 
 
 async def read_topic(settings: Settings, topic: str, *, expect: int, wait_s: float = 15.0):
@@ -125,3 +128,25 @@ async def run_cli(*args: str, env: dict[str, str], within: float = 90) -> tuple[
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), within)
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], what: str, within: float = 30
+) -> T:
+    """``probe()`` until ``ok`` holds of its answer (which is returned)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not ok(got := await probe()):
+        assert loop.time() < deadline, f"timed out waiting for {what}; last: {got!r}"[:2_000]
+        await asyncio.sleep(0.1)
+    return got
+
+
+async def until_ready(child: ServiceChild, within: float = 60) -> None:
+    """Until the service child's /readyz answers 200 (failing at once if it exits)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not await child.ready():
+        assert child.proc is not None and child.proc.returncode is None, child.log_tail()
+        assert loop.time() < deadline, f"{child.service} not ready:\n{child.log_tail()}"
+        await asyncio.sleep(0.1)

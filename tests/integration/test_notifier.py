@@ -27,7 +27,7 @@ from tests.integration.apns_server import TOPIC as APNS_TOPIC
 from tests.integration.apns_server import ApnsServer
 from tests.integration.fcm_server import FcmServer
 from tests.integration.fcm_server import _error as fcm_error
-from tests.integration.helpers import read_topic, running_service
+from tests.integration.helpers import read_topic, running_service, until_ready
 from tests.integration.webhook_receiver import WebhookReceiver
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -223,13 +223,6 @@ async def test_kill_9_mid_burst_every_alert_reaches_every_target_once(settings, 
         # recorded yet), one delivery per target at a time; the event id lets it drop it
         assert len(rx.accepted) - len(rx.unique) <= 1
     assert r1.bad_signatures == r2.bad_signatures == 0
-
-
-async def until_ready(child: ServiceChild, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while not await child.ready():
-        assert time.monotonic() < deadline, f"notifier not ready:\n{child.log_tail()}"
-        await asyncio.sleep(0.1)
 
 
 async def test_fcm_pushes_with_oauth_and_unregistered_devices_are_deactivated(settings, tmp_path):
