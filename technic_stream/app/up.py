@@ -226,6 +226,9 @@ def _print_summary(
     if demo_key:
         lines.append("")
         lines.append(f"  demo API key (owner demo): {demo_key}")
+        if "gateway" in services:
+            gw = f"http://{settings.gateway_host}:{settings.gateway_port}"
+            lines.append(f"  dashboard: {gw}/#key={demo_key}")
     lines.append("")
     lines.append(f"  topics   {len(topics)}: {', '.join(topics)}")
     lines.append(f"  services {', '.join(services) if services else '-'}")

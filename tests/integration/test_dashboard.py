@@ -171,6 +171,18 @@ async def test_sign_in_shows_the_owner_and_a_live_chart(page, stack):
     assert await page.locator("#chart canvas").count() > 0  # drawn by lightweight-charts
 
 
+async def test_the_chart_draws_bars_as_they_stream_in(page, stack):
+    await page.fill("#chart-symbol", "ZZLIVE")  # nothing archived: live bars only
+    await page.click("#chart-form button[type=submit]")
+    await page.wait_for_function("document.querySelector('#chart').dataset.symbol === 'ZZLIVE'")
+    assert "no archived 1d bars" in await _text(page, "#chart-error")
+    start = 1_893_456_000_000
+    await _send_bars(stack.settings, "ZZLIVE", start, 2, 0.2)
+    await page.wait_for_function(
+        f"document.querySelector('#chart').dataset.lastBar === '{start + 86_400_000}'"
+    )
+
+
 async def test_a_wrong_key_is_refused_with_a_message(browser, stack):
     ctx = await browser.new_context()
     pg = await ctx.new_page()

@@ -118,6 +118,14 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
             "ok",
         )
         assert "services bars, engine, archiver, scanner, notifier, gateway" in text
+        dashboard = re.search(r"dashboard: (http://127\.0\.0\.1:\d+)/#key=(\S+)", text)
+        assert dashboard, text
+        async with aiohttp.ClientSession() as http:  # the page, served by the gateway
+            async with http.get(dashboard.group(1) + "/") as r:
+                assert r.status == 200 and "technic-stream" in await r.text()
+            async with http.post(dashboard.group(1) + "/v1/auth/token",
+                                 json={"api_key": dashboard.group(2)}) as r:  # fmt: skip
+                assert (await r.json())["owner"] == "demo"
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)
