@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/notifier.py
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export
