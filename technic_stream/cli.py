@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not stream the sample data and the synthetic universe",
     )
+    up.add_argument(
+        "--check",
+        action="store_true",
+        help="start everything, exit 0 once a bar has reached Redis, a scan has completed "
+        "and an alert has fired end to end (non-zero naming what failed)",
+    )
 
     schemas = sub.add_parser("schemas", help="the published wire contract")
     ssub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -294,7 +300,10 @@ def _cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if args.ops_port is not None:
         settings = settings.model_copy(update={"ops_port": args.ops_port})
     configure_logging(settings.log_level, settings.log_format)
-    return run(run_up(settings, replay=not args.no_replay))
+    if args.check and args.no_replay:
+        print("technic-stream up: --check needs the demo data (drop --no-replay)", file=sys.stderr)
+        return 2
+    return run(run_up(settings, replay=not args.no_replay, check=args.check))
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:

@@ -133,10 +133,50 @@ async def _demo_data(settings: Settings, out: TextIO) -> None:
         log.warning("demo data stopped", extra={"error": f"{type(exc).__name__}: {exc}"})
 
 
-async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool = True) -> int:
+async def _welcome(
+    settings: Settings, key: str, out: TextIO, stop: asyncio.Event, check: bool
+) -> int:
+    """Once the gateway answers: the example rules; with ``check``, the end-to-end check
+    (then stop). The exit code: 0, or 1 when a check failed."""
+    from technic_stream.app.check import add_example_rules, check_end_to_end, wait_for_gateway
+
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    try:
+        await wait_for_gateway(url)
+        n = await add_example_rules(url, key)
+        print(f"example alert rules for owner demo: {n}", file=out, flush=True)
+        if not check:
+            return 0
+        print("checking end to end ...", file=out, flush=True)
+        steps = await check_end_to_end(url, key, out)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the check names what failed; a demo goes on without rules
+        if not check:
+            log.warning("could not add the example rules", extra={"error": repr(exc)})
+            return 0
+        print(f"check FAILED: {type(exc).__name__}: {exc}", file=out, flush=True)
+        stop.set()
+        return 1
+    failed = [s.name for s in steps if not s.ok]
+    if failed:
+        print(f"check FAILED: {', '.join(failed)}", file=out, flush=True)
+    else:
+        print("check passed: a bar reached Redis, a scan completed, an alert fired end to end",
+              file=out, flush=True)  # fmt: skip
+    stop.set()
+    return 1 if failed else 0
+
+
+async def run_up(
+    settings: Settings, *, out: TextIO = sys.stdout, replay: bool = True, check: bool = False
+) -> int:
+    if check and not replay:
+        raise ValueError("--check needs the demo data (drop --no-replay)")
     stop = asyncio.Event()
     install_stop_signals(stop)
     stack = LocalStack(settings)
+    code = 0
     try:
         live = await asyncio.to_thread(stack.start)
         if live.gateway_port == 0:  # pick it now, so the summary can print the URL
@@ -172,9 +212,21 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool =
                 task.add_done_callback(_report_exit)
             demo_key = await _demo_key(live, mongo) if replay else None
             _print_summary(out, stack, topics, ops.url, list(tasks), live, demo_key)
+            welcome: asyncio.Task[int] | None = None
             if replay:
                 tasks["demo-data"] = asyncio.create_task(_demo_data(live, out), name="demo-data")
+                if demo_key is not None and "gateway" in tasks:
+                    welcome = asyncio.create_task(_welcome(live, demo_key, out, stop, check))
+                elif check:
+                    print("check FAILED: no demo API key or no gateway", file=out, flush=True)
+                    code = 1
+                    stop.set()
             await stop.wait()
+            if welcome is not None:
+                if not welcome.done():
+                    welcome.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    code = max(code, await welcome)
             print("stopping ...", file=out, flush=True)
             if tasks:
                 demo = tasks.pop("demo-data", None)
@@ -191,7 +243,7 @@ async def run_up(settings: Settings, *, out: TextIO = sys.stdout, replay: bool =
     finally:
         await asyncio.to_thread(stack.close)
     print("stopped cleanly", file=out, flush=True)
-    return 0
+    return code
 
 
 async def _demo_key(settings: Settings, mongo: AsyncMongoClient[Any]) -> str | None:

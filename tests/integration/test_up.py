@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from technic_stream.local import free_port
 from tests.conftest import ROOT
+from tests.integration.gateway_helpers import new_key, running_gateway
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -170,3 +172,48 @@ async def test_bad_configuration_exits_2_naming_the_variable():
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "TECHNIC_PARTITIONS" in err.decode()
+
+
+@pytest.mark.timeout(300)
+async def test_up_check_proves_the_system_works_end_to_end():
+    rc, text, err = await _run_cli_up("--check", within=180)
+    assert rc == 0, text + err[-3_000:]
+    assert "example alert rules for owner demo: 3" in text
+    for step in ("bar → engine → Redis: AAPL 1d close", "scan: done in",
+                 "alert → gateway WebSocket: "):  # fmt: skip
+        assert f"check ok   {step}" in text, text
+    assert "check passed" in text and "stopped cleanly" in text
+
+
+async def test_the_check_names_each_step_that_fails(settings):
+    """Only a gateway: no engine writes values, no scanner finishes the scan, no engine
+    fires the rule — each step says so, and the caller exits non-zero on it."""
+    import io
+
+    from technic_stream.app.check import check_end_to_end
+
+    key = await new_key(settings, "demo")
+    out = io.StringIO()
+    async with running_gateway(settings) as gw:
+        steps = await check_end_to_end(gw.http, key, out, within=1.5)
+    assert [(s.name, s.ok) for s in steps] == [
+        ("bar → engine → Redis", False), ("scan", False), ("alert → gateway WebSocket", False)
+    ]  # fmt: skip
+    assert "no values of AAPL 1d in Redis within 2 s" in steps[0].detail
+    assert "not scan check-" in steps[1].detail and "finished within" in steps[1].detail
+    assert "no alert of rule check-" in steps[2].detail
+    assert out.getvalue().count("check FAIL") == 3
+
+
+async def test_check_without_the_demo_data_is_a_usage_error():
+    rc, _, err = await _run_cli_up("--check", "--no-replay")
+    assert rc == 2 and "--check needs the demo data" in err
+
+
+async def _run_cli_up(*args: str, within: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "technic_stream", "up", *args, env=_env(), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    return proc.returncode or 0, out.decode(), err.decode()
