@@ -44,6 +44,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.retry import REDIS_ERRORS, Retrier
 from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
@@ -159,6 +160,7 @@ class EngineService:
     producer: Producer
     redis: aioredis.Redis
     parts: dict[TopicPartition, PartitionState] = field(default_factory=dict)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -193,6 +195,14 @@ class EngineService:
         self.restored_from: dict[TopicPartition, int] = {}
         self._hsets: dict[tuple[str, ...], InlineHset] = {}
         self._inflight: asyncio.Task[None] | None = None  # the last batch's writes
+        # Redis away: a batch's writes wait for it (idempotent: the hashes are set again,
+        # the gate answers a replayed alert id with its recorded decision)
+        self.redis_writes = Retrier("Redis", REDIS_ERRORS, stop=self.stop)
+
+    async def redis_ready(self) -> None:
+        """Readiness: Redis answers and the writes go through."""
+        await self.redis_writes.ready()
+        await asyncio.wait_for(self.redis.ping(), 2.0)
 
     def _new_part(self) -> PartitionState:
         return PartitionState(self.base, self.settings.engine_history_bars)
@@ -262,7 +272,9 @@ class EngineService:
             await before
         stages = w.stages
         t = time.perf_counter()
-        replies = await execute(self.redis, w.commands, scripts=self._scripts)
+        replies = await self.redis_writes(
+            lambda: execute(self.redis, w.commands, scripts=self._scripts)
+        )
         stages["write"] += _lap(t)
         t = time.perf_counter()
         verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies[: w.gate_calls])
@@ -570,7 +582,10 @@ class EngineService:
         return snap
 
     async def _store(self, snap: _Snapshot) -> None:
-        size = await self.store.save_blob(snap.tp.topic, snap.tp.partition, snap.offset, snap.blob)
+        tp = snap.tp
+        size = await self.redis_writes(
+            lambda: self.store.save_blob(tp.topic, tp.partition, snap.offset, snap.blob)
+        )
         CHECKPOINTS.observe(time.perf_counter() - snap.taken)
         CHECKPOINT_BYTES.set(size)
         snap.part.saved_offset = max(snap.offset, snap.part.saved_offset or 0)
@@ -681,7 +696,7 @@ async def engine_service(
     redis = redis_client(settings)
     try:
         async with Producer(settings) as producer:
-            handler = EngineService(settings, producer, redis)
+            handler = EngineService(settings, producer, redis, stop=stop)
             if started is not None:
                 started(handler)
             async with TopicFollower(settings, handler.rules_topic) as follower:
@@ -696,6 +711,7 @@ async def engine_service(
                 )  # fmt: skip
                 handler.consumer = consumer
                 ops.checks["engine"] = consumer_ready(consumer)
+                ops.checks["engine-redis"] = handler.redis_ready
                 settle_gc()
                 follow_stop = asyncio.Event()
                 follow = asyncio.create_task(

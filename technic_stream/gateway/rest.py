@@ -28,6 +28,7 @@ from pydantic import (
     create_model,
 )
 
+from technic_stream.app.retry import MONGO_ERRORS, REDIS_ERRORS
 from technic_stream.gateway import metrics as m
 from technic_stream.gateway.auth import AuthError, Principal
 from technic_stream.messages import (
@@ -152,6 +153,14 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status == 405:
             problem.headers["Allow"] = exc.headers.get("Allow", "")
         return problem.response()
+    except (*REDIS_ERRORS, *MONGO_ERRORS) as exc:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise
+        status = 503
+        p = Problem(503, "Service Unavailable",
+                    f"a backing server is away ({type(exc).__name__}); retry shortly")  # fmt: skip
+        p.headers["Retry-After"] = "1"
+        return p.response()
     except Exception:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise  # the socket speaks WebSocket now: no HTTP response may follow

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 from pymongo import ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from technic_stream.app.ops import OpsServer
-from technic_stream.app.service import StopRequested, consumer_ready, run_consumer
+from technic_stream.app.retry import MONGO_ERRORS, Retrier
+from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.errors import MessageDecodeError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
@@ -49,7 +49,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ARCHIVER_GROUP = "archiver"  # under the topic prefix: technic.archiver
 ARCHIVED = Counter("technic_archiver_records", "Records archived", ["kind"])
@@ -59,7 +58,6 @@ WRITE_SECONDS = Histogram(
     "Time to write one batch to MongoDB",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-MONGO_RETRIES = Counter("technic_archiver_mongo_retries", "Batch writes retried after errors")
 
 
 def scan_result_id(result: ScanResult) -> str:
@@ -98,7 +96,10 @@ class Archiver:
         self.alerts_topic = topic_name(p, "alerts.fired")
         self.archive = BarArchive(self.db)
         self.dlq = DeadLetterQueue(self.producer, topic_name(p, "dlq"))
-        self.mongo_error: str | None = None
+        self._retrying = Retrier(
+            "MongoDB", MONGO_ERRORS, stop=self.stop, max_delay_s=self.retry_max_s,
+            on_error=self.archive.forget,  # what it cached may be stale after a restart
+        )  # fmt: skip
         self.bars = self.results = self.alerts = 0
 
     @property
@@ -106,8 +107,7 @@ class Archiver:
         return [self.bars_topic, self.results_topic, self.alerts_topic]
 
     async def ready(self) -> None:
-        if self.mongo_error is not None:
-            raise RuntimeError(f"MongoDB writes failing: {self.mongo_error}")
+        await self._retrying.ready()
 
     async def on_batch(self, batch: Batch) -> None:
         bars, results, alerts = [], [], []
@@ -151,25 +151,6 @@ class Archiver:
     async def _bulk(self, collection: str, ops: list[Any]) -> None:
         if ops:
             await self._retrying(lambda: self.db[collection].bulk_write(ops, ordered=False))
-
-    async def _retrying(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Retry a write on connection errors with capped exponential backoff and jitter."""
-        delay = 0.1
-        while True:
-            try:
-                result = await write()
-            except ConnectionFailure as exc:
-                self.mongo_error = f"{type(exc).__name__}: {exc}"[:300]
-                if self.stop.is_set():  # leave the batch uncommitted for the next owner
-                    raise StopRequested(self.mongo_error) from exc
-                MONGO_RETRIES.inc()
-                log.warning("MongoDB write failed; retrying", extra={"error": self.mongo_error})
-                self.archive.forget()  # what we cached may be stale after a restart
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            self.mongo_error = None
-            return result
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         return None

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import uuid
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.app.ops import OpsServer
+from technic_stream.app.retry import MONGO_ERRORS, REDIS_ERRORS, RETRIES
 from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import StopRequested, consumer_ready, run_consumer
 from technic_stream.config import Settings
@@ -151,7 +153,7 @@ class ScanWorker:
                 self.coordinating.add(req.scan_id)
                 try:
                     with SECONDS.time():
-                        status = await job.run(checked=True)
+                        status, job = await self._through_outages(job)
                 finally:
                     self.coordinating.discard(req.scan_id)
                     RUNNING.dec()
@@ -165,6 +167,27 @@ class ScanWorker:
         SCANS.labels(status).inc()
         log.info("scan finished", extra={"scan_id": req.scan_id, "status": status,
                                          "chunks_computed": job.recomputed_chunks})  # fmt: skip
+
+    async def _through_outages(self, job: ScanJob) -> tuple[str, ScanJob]:
+        """Run ``job``; when Redis or MongoDB goes away mid-scan, wait for it (capped
+        backoff) and run the scan again, which resumes from its checkpointed chunks."""
+        delay = 0.2
+        req = job.req
+        while True:
+            try:
+                return await job.run(checked=True), job
+            except (*REDIS_ERRORS, *MONGO_ERRORS) as exc:
+                if self.stopping:
+                    raise ScanInterrupted(req.scan_id) from exc
+                RETRIES.labels("scan").inc()
+                what = {"scan_id": req.scan_id, "error": repr(exc)[:300]}
+                log.warning("scan interrupted by a server outage; resuming when it is back",
+                            extra=what)  # fmt: skip
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                job = ScanJob(self.ctx, req, lambda: self.is_cancelled(req.scan_id),
+                              lambda: self.stopping)  # fmt: skip
+                self.last_jobs[req.scan_id] = job
 
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:
         return None

@@ -110,6 +110,7 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
                 "mongo",
                 "bars",
                 "engine",
+                "engine-redis",
                 "archiver",
                 "archiver-mongo",
                 "scanner",
