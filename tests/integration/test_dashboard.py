@@ -111,6 +111,7 @@ async def stack(local_stack, tmp_path_factory) -> AsyncIterator[Stack]:
                    children, sample)  # fmt: skip
         st._gateway_env = gw_env
         yield st
+        gateway = st.gateway  # (a test may have restarted it)
     finally:
         for child in [*children, gateway]:
             if child.proc is not None and child.proc.returncode is None:

@@ -42,6 +42,19 @@ def test_issued_tokens_round_trip_and_expire():
         other.check(token)  # another secret
 
 
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch):
+    tokens = Tokens(make_settings(gateway_jwt_secret=SecretStr("s" * 40)))
+    token, exp = tokens.issue(Principal("bob", frozenset(), "k2", None), ttl_s=30)
+    first = tokens.check(token)
+    monkeypatch.setattr(jwt, "decode", lambda *a, **k: pytest.fail("verified twice"))
+    assert tokens.check(token) is first  # from memory, not verified again
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 30 + 6)  # past expiry and leeway
+    with pytest.raises(AuthError) as err:
+        tokens.check(token)
+    assert err.value.expired and exp < time.time()
+
+
 def test_rs256_tokens_of_a_configured_issuer_are_accepted_and_others_refused():
     private, public = _rsa()
     tokens = Tokens(make_settings(gateway_jwt_public_key=public))
