@@ -109,7 +109,7 @@ async def until(cond: Any, what: str, within: float = 600.0, every: float = 0.05
 
 
 def engine_child(settings: Settings, log: Path) -> ServiceChild:
-    return ServiceChild(settings, "engine", log, TECHNIC_LOG_LEVEL="WARNING")
+    return ServiceChild(settings, "engine", log, TECHNIC_LOG_LEVEL=os.environ.get("BENCH_ENGINE_LOG", "WARNING"))
 
 
 async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict[str, float]:
