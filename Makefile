@@ -54,15 +54,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: install
 	$(PIP) install -e '.[bench]'
-	$(BIN)/python bench/kernels.py
-	$(BIN)/python bench/rules.py
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/engine.py
-	$(BIN)/python bench/gateway.py
-	$(BIN)/python bench/scan.py
-	$(BIN)/python bench/notifier.py
+	bench/run_all
 
 schemas: $(STAMP)
 	$(BIN)/technic-stream schemas export

@@ -109,7 +109,9 @@ async def until(cond: Any, what: str, within: float = 600.0, every: float = 0.05
 
 
 def engine_child(settings: Settings, log: Path) -> ServiceChild:
-    return ServiceChild(settings, "engine", log, TECHNIC_LOG_LEVEL=os.environ.get("BENCH_ENGINE_LOG", "WARNING"))
+    return ServiceChild(
+        settings, "engine", log, TECHNIC_LOG_LEVEL=os.environ.get("BENCH_ENGINE_LOG", "WARNING")
+    )
 
 
 async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict[str, float]:
@@ -382,6 +384,8 @@ async def main() -> None:
     ap.add_argument("--no-rules", action="store_true", help="ours without live alert rules")
     ap.add_argument("--repeats", type=int, default=1, help="throughput runs per contender")
     ap.add_argument("--skip-throughput", action="store_true", help="latency runs only")
+    ap.add_argument("--no-floor", action="store_true", help="without the pass-through floor")
+    ap.add_argument("--json", type=Path, help="also write the results here (bench/run_all)")
     args = ap.parse_args()
     config = SynthConfig(symbols=args.symbols, seed=7)
     rows: dict[str, list[dict[str, float]]] = {}
@@ -408,12 +412,17 @@ async def main() -> None:
             await send_rules(s)
         lat = {"ours": await ours_latency(s, args, work)}
         print(f"  latency ours {lat['ours']}", file=sys.stderr)
-        lat["floor: raw aiokafka pass-through"] = await floor_latency(await fresh(base), args)
-        print(f"  latency floor {lat['floor: raw aiokafka pass-through']}", file=sys.stderr)
+        if not args.no_floor:
+            floor = await floor_latency(await fresh(base), args)
+            lat["floor: raw aiokafka pass-through"] = floor
+            print(f"  latency floor {floor}", file=sys.stderr)
         if not args.no_peer:
             lat["quix"] = await quix_latency(await fresh(base), args)
             print(f"  latency quix {lat['quix']}", file=sys.stderr)
     report(args, rows, lat)
+    if args.json:
+        args.json.write_text(json.dumps({"rate": args.rate, "throughput": rows, "latency": lat},
+                                        indent=1, default=str))  # fmt: skip
 
 
 def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], lat) -> None:

@@ -299,6 +299,7 @@ async def main() -> None:
     ap.add_argument("--rates", default="10000,25000,50000,100000,150000")
     ap.add_argument("--step-s", type=float, default=4.0)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here (bench/run_all)")
     args = ap.parse_args()
     args.rates = [int(x) for x in args.rates.split(",")]
     base = Settings(ops_port=0, redis_prefix="bench:", log_level="WARNING")
@@ -313,6 +314,8 @@ async def main() -> None:
         finally:
             await redis.aclose()
     report(args, results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

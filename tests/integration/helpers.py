@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -150,3 +152,25 @@ async def until_ready(child: ServiceChild, within: float = 60) -> None:
         assert child.proc is not None and child.proc.returncode is None, child.log_tail()
         assert loop.time() < deadline, f"{child.service} not ready:\n{child.log_tail()}"
         await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def service_children(settings: Settings, tmp: Path, *names: str, **env: str
+                           ) -> AsyncIterator[dict[str, ServiceChild]]:  # fmt: skip
+    """``technic-stream NAME`` for each name, as processes, ready; stopped on exit."""
+    children = {n: ServiceChild(settings, n, tmp / f"{n}.log", **env) for n in names}
+    for child in children.values():
+        await child.start()
+    try:
+        for child in children.values():
+            await until_ready(child, 90)
+        yield children
+    finally:
+        for child in children.values():
+            if child.proc is not None and child.proc.returncode is None:
+                child.signal(signal.SIGTERM)
+        for child in children.values():
+            if child.proc is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(30):
+                        await child.wait()
