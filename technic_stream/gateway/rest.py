@@ -157,10 +157,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise
         status = 503
-        p = Problem(503, "Service Unavailable",
-                    f"a backing server is away ({type(exc).__name__}); retry shortly")  # fmt: skip
-        p.headers["Retry-After"] = "1"
-        return p.response()
+        what = f"a backing server is away ({type(exc).__name__}); retry shortly"
+        away = Problem(503, "Service Unavailable", what)
+        away.headers["Retry-After"] = "1"
+        return away.response()
     except Exception:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise  # the socket speaks WebSocket now: no HTTP response may follow

@@ -83,11 +83,18 @@ async def test_redis_killed_under_load_and_back(settings, tmp_path):
     try:
         async with service_children(s, tmp_path, "engine", "scanner", "gateway",
                              TECHNIC_GATEWAY_PORT=str(gw_port)) as kids:  # fmt: skip
+            key = await new_key(s, "faults")
             load = asyncio.create_task(_sending(s, series, 160, 8, 0.25))
             await eventually(kids["engine"].consumed, lambda n: n > 400, "the engine busy")
             _kill(server)
             for name in ("engine", "gateway"):  # readiness goes red
                 await eventually(lambda n=name: _not_ready(kids[n]), bool, f"{name} not ready")
+            # REST while Redis is away: 503 with Retry-After, not a 500
+            async with (
+                aiohttp.ClientSession(f"http://127.0.0.1:{gw_port}") as http,
+                http.get("/v1/indicators/1m/S1", headers={"X-API-Key": key}) as r,
+            ):
+                assert r.status == 503 and r.headers["Retry-After"] == "1", await r.text()
             await asyncio.sleep(1.5)  # bars keep coming while Redis is away
             await asyncio.to_thread(server.start)  # the same port and append-only file
             for child in kids.values():  # ... and green again, no process lost
@@ -119,7 +126,6 @@ async def test_redis_killed_under_load_and_back(settings, tmp_path):
             assert kids["engine"].proc is not None and kids["engine"].proc.returncode is None
             assert await kids["engine"].metric("technic_write_retries_total") > 0
             # the gateway and the scanner work again: a scan through the REST API completes
-            key = await new_key(s, "faults")
             async with aiohttp.ClientSession(f"http://127.0.0.1:{gw_port}") as http:
                 hdr = {"X-API-Key": key}
                 body = {"scan_id": "after-redis", "rule": "close > 0", "symbols": ["S1", "S2"],
