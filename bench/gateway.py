@@ -89,8 +89,16 @@ class Contender:
     async def start(self) -> None:
         raise NotImplementedError
 
-    def client_args(self) -> list[str]:
+    def client_args(self, i: int = 0) -> list[str]:
         raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return [self.proc.pid]
+
+    @property
+    def servers(self) -> int:
+        return 1
 
     def message(self, k: int, data: bytes) -> tuple[bytes, bytes]:
         raise NotImplementedError
@@ -128,7 +136,7 @@ class Ours(Contender):
         )
         await wait_http(f"http://127.0.0.1:{self.port}/v1/openapi.json")
 
-    def client_args(self) -> list[str]:
+    def client_args(self, i: int = 0) -> list[str]:
         tokens = Tokens(self.settings.model_copy(update={"gateway_jwt_secret": SecretStr(SECRET)}))
         token, _ = tokens.issue(Principal("bench", frozenset(), "bench", None), ttl_s=3600)
         return ["--proto", "ours", "--url", f"ws://127.0.0.1:{self.port}/v1/ws", "--token", token]
@@ -153,6 +161,32 @@ class Ours(Contender):
         return self.channels[k], env
 
 
+class OursMany(Ours):
+    """``n`` gateway processes on the same Redis; the clients split evenly across them
+    (each publish reaches every gateway through its own pub/sub subscription)."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace, work: Path, n: int) -> None:
+        super().__init__(settings, args, work)
+        self.name = f"technic-stream gateway x{n}"
+        self.others = [Ours(settings, args, work) for _ in range(n - 1)]
+
+    @property
+    def servers(self) -> int:
+        return 1 + len(self.others)
+
+    async def start(self) -> None:
+        await asyncio.gather(super().start(), *(o.start() for o in self.others))
+
+    def client_args(self, i: int = 0) -> list[str]:
+        return super().client_args() if i == 0 else self.others[i - 1].client_args()
+
+    def pids(self) -> list[int]:
+        return [*super().pids(), *(p for o in self.others for p in o.pids())]
+
+    async def stop(self) -> None:
+        await asyncio.gather(super().stop(), *(o.stop() for o in self.others))
+
+
 class SocketIO(Contender):
     name = "python-socketio + AsyncRedisManager"
 
@@ -165,7 +199,7 @@ class SocketIO(Contender):
         await wait_http(f"http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=polling")
         self.host_id = secrets.token_hex(16)
 
-    def client_args(self) -> list[str]:
+    def client_args(self, i: int = 0) -> list[str]:
         return ["--proto", "socketio", "--url", f"ws://127.0.0.1:{self.port}/socket.io/"]
 
     def message(self, k: int, data: bytes) -> tuple[bytes, bytes]:
@@ -178,36 +212,38 @@ class SocketIO(Contender):
 
 async def run_contender(c: Contender, redis: Any, args: argparse.Namespace) -> dict[str, Any]:
     await c.start()
-    assert c.proc is not None
-    pid = c.proc.pid
+    pids = c.pids()
+    n = c.servers
     try:
         await c.prepare(redis)
         await asyncio.sleep(1.0)
-        rss0 = rss_kb(pid)
-        out = c.work / f"{c.__class__.__name__}.json"
-        clients = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "bench" / "ws_clients.py"), *c.client_args(),
-            "--clients", str(args.clients), "--channels", str(args.channels), "--out", str(out),
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert clients.stdout is not None
-        line = await asyncio.wait_for(clients.stdout.readline(), 180)
-        if line.strip() != b"READY":
-            raise RuntimeError(f"clients did not get ready: {line!r}")
+        rss0 = sum(rss_kb(p) for p in pids)
+        outs = [c.work / f"{c.__class__.__name__}-{i}.json" for i in range(n)]
+        clients = [await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "ws_clients.py"), *c.client_args(i),
+            "--clients", str(args.clients // n), "--channels", str(args.channels),
+            "--out", str(outs[i]), stdout=asyncio.subprocess.PIPE,
+        ) for i in range(n)]  # fmt: skip
+        for cl in clients:
+            assert cl.stdout is not None
+            line = await asyncio.wait_for(cl.stdout.readline(), 180)
+            if line.strip() != b"READY":
+                raise RuntimeError(f"clients did not get ready: {line!r}")
         await asyncio.sleep(2.0)
-        idle_kb = (rss_kb(pid) - rss0) / args.clients
+        idle_kb = (sum(rss_kb(p) for p in pids) - rss0) / args.clients
         print(f"  {c.name}: {args.clients} clients subscribed; {idle_kb:.1f} KB per idle "
               "connection", file=sys.stderr)  # fmt: skip
         fanout = args.clients // args.channels
+        cpids = [cl.pid for cl in clients]
         steps = []
         for s, rate in enumerate(args.rates):
             publishes = rate / fanout
-            cpu0, c0, t0 = cpu_s(pid), cpu_s(clients.pid), time.perf_counter()
+            cpu0, c0, t0 = _cpu(pids), _cpu(cpids), time.perf_counter()
             start = time.time()
             sent = await publish(c, redis, s, publishes, args.step_s)
             end = time.time()
-            cpu1, c1, t1 = cpu_s(pid), cpu_s(clients.pid), time.perf_counter()
-            drained = await idle(pid)  # the server's work for this step, to the last message
+            cpu1, c1, t1 = _cpu(pids), _cpu(cpids), time.perf_counter()
+            drained = sum([await idle(p) for p in pids])  # the servers' work, to the last one
             steps.append({"rate": rate, "sent": sent, "cpu": (cpu1 - cpu0) / (t1 - t0),
                           "client_cpu": (c1 - c0) / (t1 - t0), "cpu_s": drained - cpu0,
                           "start": start, "end": end})  # fmt: skip
@@ -216,8 +252,9 @@ async def run_contender(c: Contender, redis: Any, args: argparse.Namespace) -> d
                   file=sys.stderr)  # fmt: skip
         end = orjson.dumps({"end": 1, "t": 0, "s": -1})
         await execute(redis, [["PUBLISH", *c.message(k, end)] for k in range(args.channels)])
-        await asyncio.wait_for(clients.wait(), 120)
-        result = orjson.loads(out.read_bytes())
+        for cl in clients:
+            await asyncio.wait_for(cl.wait(), 120)
+        result = _merged([orjson.loads(o.read_bytes()) for o in outs])
         for s, st in enumerate(steps):
             got = result["steps"].get(str(s), {"count": 0, "p50": 0, "p99": 0, "max": 0})
             arrivals = got.pop("arrivals", {})
@@ -232,6 +269,33 @@ async def run_contender(c: Contender, redis: Any, args: argparse.Namespace) -> d
                 "errors": result["errors"]}  # fmt: skip
     finally:
         await c.stop()
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_s(p) for p in pids)
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several client processes' results as one: counts and arrivals add up; p50 is the
+    count-weighted mean of the parts', p99 and max the worst part's (an upper bound)."""
+    if len(parts) == 1:
+        return parts[0]
+    errors = [e for p in parts for e in p["errors"]]
+    out: dict[str, Any] = {"lagged": sum(p["lagged"] for p in parts), "errors": errors,
+                           "steps": {}}  # fmt: skip
+    for step in {k for p in parts for k in p["steps"]}:
+        got = [p["steps"][step] for p in parts if step in p["steps"]]
+        count = sum(g["count"] for g in got)
+        arrivals: dict[str, int] = {}
+        for g in got:
+            for b, n in g.get("arrivals", {}).items():
+                arrivals[b] = arrivals.get(b, 0) + n
+        out["steps"][step] = {
+            "count": count, "arrivals": arrivals,
+            "p50": sum(g["p50"] * g["count"] for g in got) / count if count else 0.0,
+            "p99": max(g["p99"] for g in got), "max": max(g["max"] for g in got),
+        }  # fmt: skip
+    return out
 
 
 async def idle(pid: int, within: float = 60.0) -> float:
@@ -284,9 +348,10 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     for r in results:
         print(f"| {r['name']} | {r['idle_kb']:.1f} KB | {r['lagged']:,} | "
               f"{'; '.join(r['errors'][:3]) or '-'} |")  # fmt: skip
-    if len(results) == 2:
-        best = [max(st["per_cpu_s"] for st in r["steps"]) for r in results]
-        top = [max(st["delivered_per_s"] for st in r["steps"]) for r in results]
+    pair = [results[0], *(r for r in results if r["name"].startswith("python-socketio"))]
+    if len(pair) == 2:
+        best = [max(st["per_cpu_s"] for st in r["steps"]) for r in pair]
+        top = [max(st["delivered_per_s"] for st in r["steps"]) for r in pair]
         print(f"\nbest deliveries per server CPU-second: ours {best[0]:,.0f}, peer "
               f"{best[1]:,.0f} → {best[0] / best[1]:.1f}x; best received/s: ours "
               f"{top[0]:,.0f}, peer {top[1]:,.0f} → {top[0] / top[1]:.1f}x")  # fmt: skip
@@ -299,6 +364,12 @@ async def main() -> None:
     ap.add_argument("--rates", default="10000,25000,50000,100000,150000")
     ap.add_argument("--step-s", type=float, default=4.0)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument(
+        "--gateways",
+        type=int,
+        default=1,
+        help="also run this many of our gateway processes (clients split evenly)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here (bench/run_all)")
     args = ap.parse_args()
     args.rates = [int(x) for x in args.rates.split(",")]
@@ -309,6 +380,9 @@ async def main() -> None:
         try:
             work = Path(tmp)
             results = [await run_contender(Ours(settings, args, work), redis, args)]
+            if args.gateways > 1:
+                many = OursMany(settings, args, work, args.gateways)
+                results.append(await run_contender(many, redis, args))
             if not args.no_peer:
                 results.append(await run_contender(SocketIO(settings, args, work), redis, args))
         finally:
