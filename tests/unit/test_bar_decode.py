@@ -159,3 +159,109 @@ def test_trades_from_the_future_are_rejected():
         [Rec(orjson.dumps(GOOD_TRADE)), Rec(orjson.dumps(late))], latest_ts=GOOD_TRADE["ts"]
     )
     assert rows.record.tolist() == [0] and "ahead of the wall clock" in bad[0][1]
+
+
+# The numba parser of single bars (kernels/wire.py) ---------------------------------------
+
+prices = st.one_of(
+    st.floats(1e-6, 1e9),
+    st.floats(1e-6, 1e9).map(lambda x: round(x, 4)),
+    st.integers(1, 2**60),
+)
+
+
+def _number_text(x: float | int, style: int) -> str:
+    """A price written the ways producers write them: repr, fixed, exponent, integer."""
+    if isinstance(x, int):
+        return str(x)
+    return (repr(x), f"{x:.4f}", f"{x:e}", f"{x:.12E}", f"{x:.0f}")[style % 5]
+
+
+@given(
+    st.lists(st.tuples(prices, prices, st.integers(0, 4)), min_size=1, max_size=30),
+    st.randoms(use_true_random=False),
+    st.sampled_from(["", " ", "\n\t"]),
+)
+def test_the_wire_parser_reads_exactly_what_orjson_and_the_model_read(bars, rnd, ws):
+    """Whatever the key order, white space and number style, each record decodes to the
+    strict model's verdict and to orjson's values, bit for bit (a record the numba parser
+    is not certain of goes the general way, which these checks hold it to as well)."""
+    recs = []
+    for i, (a, b, style) in enumerate(bars):
+        lo, hi = sorted((a, b))
+        fields = {
+            "type": '"bar"', "v": "1", "symbol": f'"S{i % 7}.X"', "tf": '"5m"',
+            "ts": str(1_700_000_000_000 + i), "open": _number_text(lo, style),
+            "high": _number_text(hi, style), "low": _number_text(lo, style),
+            "close": _number_text(hi, style + 1), "volume": _number_text(a, style + 2),
+        }  # fmt: skip
+        keys = list(fields)
+        rnd.shuffle(keys)
+        text = "{" + ",".join(f'{ws}"{k}"{ws}:{ws}{fields[k]}{ws}' for k in keys) + "}"
+        recs.append(Rec(text.encode(), offset=i))
+    rows, bad = decode_bar_records(recs)
+    want = [(i, decode(r.value, Bar)) for i, r in enumerate(recs) if _model_ok(r.value)]
+    assert [r for r, _ in bad] == [r for r in recs if not _model_ok(r.value)]
+    assert rows.record.tolist() == [i for i, _ in want]
+    for j, (_i, bar) in enumerate(want):
+        assert (rows.symbol[j], rows.tf[j], rows.ts[j]) == (bar.symbol, bar.tf, bar.ts)
+        for f in ("open", "high", "low", "close", "volume"):
+            got, exp = getattr(rows, f)[j], float(getattr(bar, f))
+            assert got.hex() == exp.hex(), (f, got, exp)
+
+
+def test_a_mixed_batch_keeps_record_order_across_both_parsers():
+    """Single bars (numba), a BarBatch and a 17-digit price (the general decoder) and a
+    bad record in one batch: the rows stay in record order, the bad one says why."""
+    batch = {"type": "bar_batch", "v": 1, "tf": "1m", "symbols": ["B1", "B2"],
+             "ts": [GOOD["ts"], GOOD["ts"]], "open": [5.0, 6.0], "high": [5.0, 6.0],
+             "low": [5.0, 6.0], "close": [5.0, 6.0], "volume": [1.0, 2.0]}  # fmt: skip
+    recs = [
+        Rec(orjson.dumps({**GOOD, "symbol": "A1"})),
+        Rec(orjson.dumps(batch)),
+        Rec(orjson.dumps({**GOOD, "symbol": "A2", "close": 10.300000000000002})),
+        Rec(orjson.dumps({**GOOD, "symbol": "A3", "high": 1.0})),
+        Rec(orjson.dumps({**GOOD, "symbol": "A4"})),
+    ]
+    rows, bad = decode_bar_records(recs)
+    assert rows.symbol.tolist() == ["A1", "B1", "B2", "A2", "A4"]
+    assert rows.record.tolist() == [0, 1, 1, 2, 4]
+    assert rows.close[3] == 10.300000000000002
+    assert [(r is recs[3], why) for r, why in bad] == [
+        (True, "high is below max(open, close, low)")
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"type":"bar","v":1,"symbol":"A\\u0042","tf":"1m","ts":1,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1}',  # an escape: same ticker AB, read the general way
+        b'{"type":"bar","v":1,"v":1,"symbol":"A","tf":"1m","ts":1,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1}',  # a repeated key
+        b'{"type":"bar","v":1,"symbol":"A","tf":"1m","ts":1.0,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1}',  # ts a float
+        b'{"type":"bar","v":1,"symbol":"A","tf":"1m","ts":01,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1}',  # not JSON
+        b'{"type":"bar","v":1,"symbol":"a","tf":"1m","ts":1,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1}',  # lower-case ticker
+        b'{"type":"bar","v":1,"symbol":"A","tf":"1m","ts":1,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":1} x',  # trailing bytes
+        b'{"type":"bar","v":1,"symbol":"A","tf":"1m","ts":1,"open":-0,"high":1,"low":1,'
+        b'"close":1,"volume":-0}',  # an integer -0 is 0
+    ],
+)
+def test_records_the_wire_parser_is_unsure_of_get_the_models_verdict(text):
+    rows, bad = decode_bar_records([Rec(text)])
+    assert (len(rows) == 1) == _model_ok(text) == (not bad)
+    if len(rows):
+        bar = decode(text, Bar)
+        assert rows.symbol[0] == bar.symbol
+        assert rows.volume[0].hex() == float(bar.volume).hex()
+
+
+def test_the_wire_parser_knows_the_contracts_timeframes():
+    from technic_stream.kernels.wire import TIMEFRAME_NAMES
+    from technic_stream.messages import TIMEFRAMES
+
+    assert TIMEFRAME_NAMES == TIMEFRAMES
