@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
 
+_KEY_HASHES = 65_536  # keys whose partitioner hash is remembered
+
 
 class _State(enum.Enum):
     NEW = "new"
@@ -45,6 +47,8 @@ class Producer(AsyncResource):
         self._producer: AIOKafkaProducer | None = None
         self._pending: list[asyncio.Future[object]] = []
         self._state = _State.NEW
+        # murmur2 is a Python loop over the key's bytes; keys repeat (owners, symbols)
+        self._key_hash: dict[bytes, int] = {}
 
     async def start(self) -> None:
         if self._state is not _State.NEW:
@@ -95,22 +99,29 @@ class Producer(AsyncResource):
     async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> int:
         """Enqueue (key, value) records in one batch per partition — the partition Kafka's
         default partitioner picks for the key, as :meth:`send` would — without a future per
-        record (for many small records, such as a batch's alerts). Returns batches sent."""
+        record (for many small records, such as a batch's alerts). The batches are closed, so
+        they go out without lingering. Returns batches sent."""
         if self._state is not _State.OPEN or self._producer is None:
             raise RuntimeError("producer is not open")
         if not records:
             return 0
         parts = sorted(await self._producer.partitions_for(topic))
         groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        hashes = self._key_hash
         for key, value in records:
-            p = parts[(murmur2(key) & 0x7FFFFFFF) % len(parts)]
-            groups.setdefault(p, []).append((key, value))
+            h = hashes.get(key)
+            if h is None:
+                if len(hashes) >= _KEY_HASHES:
+                    hashes.clear()
+                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            groups.setdefault(parts[h % len(parts)], []).append((key, value))
         sent = 0
         try:
             for p, recs in groups.items():
                 batch = self._producer.create_batch()
                 for key, value in recs:
                     if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                        batch.close()
                         self._pending.append(
                             await self._producer.send_batch(batch, topic, partition=p)
                         )
@@ -121,6 +132,7 @@ class Producer(AsyncResource):
                                 "send", f"a record of {len(value)} bytes exceeds the batch size",
                                 topic=topic,
                             )  # fmt: skip
+                batch.close()  # complete: no linger (flush would wait it out)
                 self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
                 sent += 1
         except KafkaError as exc:
