@@ -15,13 +15,16 @@ bars of the synthetic market, seeded), and runs as its own process:
 - **floor** (latency only): ``bench/passthrough_peer.py``, raw aiokafka reading the bars
   and sending a message for every sixth one, no computation: what the broker and the
   client cost on this machine before any engine work.
+- **broker** (latency only): no contender; the reader reads the bar topic itself. One
+  hop through the local broker: its latency grows with the topic's length (tansu's
+  in-memory log), so a long run measures the broker more than anything behind it.
 - **peer**: ``bench/quix_peer.py``, a Quix Streams application computing the same
   indicator set with talipp (``--peer-set ema_rsi``: EMA 21 and RSI 14 only) and emitting
   an alert message for two of the rules.
 
 Throughput: the bars are in the topic before the contender starts; bars/s is measured
 from its first processed batch to its last (ours: the engine's bar counter, polled every
-20 ms; the peer: its own clock from the first bar to the last). Latency: the contender
+100 ms; the peer: its own clock from the first bar to the last). Latency: the contender
 runs, the script sends JSON bars at ``--rate`` bars/s in 5 ms slices, and each alert's
 latency is the time it is read from the alert topic (by a reader in its own process) minus
 the time its bar was sent (the machine's wall clock in both).
@@ -245,7 +248,8 @@ async def collect_alerts(bootstrap: str, topic: str, out: Path) -> None:
 
 
 async def latency(
-    settings: Settings, start_child: Any, ready: Any, stop_child: Any, args: argparse.Namespace
+    settings: Settings, start_child: Any, ready: Any, stop_child: Any, args: argparse.Namespace,
+    read: str = "alerts.fired",
 ) -> dict[str, float]:
     await start_child()
     await until(ready, "the contender to be ready", within=120)
@@ -253,7 +257,7 @@ async def latency(
     out = Path(tempfile.mkdtemp()) / "alerts.json"
     collector = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--collect", str(out), "--bootstrap", settings.kafka_bootstrap,
-        "--topic", topic_name(settings.topic_prefix, "alerts.fired"),
+        "--topic", topic_name(settings.topic_prefix, read),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert collector.stdout is not None
@@ -352,6 +356,19 @@ async def floor_latency(settings: Settings, args: argparse.Namespace):
     return await latency(settings, start, ready, stop, args)
 
 
+async def broker_latency(settings: Settings, args: argparse.Namespace):
+    """The broker alone: the reader reads the bars themselves, as they arrive (one hop,
+    no consumer group, nothing sent back) — the least any contender can measure."""
+
+    async def nothing() -> None:
+        return None
+
+    async def ready() -> bool:
+        return True
+
+    return await latency(settings, nothing, ready, nothing, args, read="md.bars")
+
+
 async def quix_latency(settings: Settings, args: argparse.Namespace):
     proc: list[asyncio.subprocess.Process] = []
     group = f"{settings.topic_prefix}quix"
@@ -433,6 +450,9 @@ async def main() -> None:
             floor = await floor_latency(await fresh(base), args)
             lat["floor: raw aiokafka pass-through"] = floor
             print(f"  latency floor {floor}", file=sys.stderr)
+            hop = await broker_latency(await fresh(base), args)
+            lat["broker: one hop, bars read as sent"] = hop
+            print(f"  latency broker {hop}", file=sys.stderr)
         if not args.no_peer:
             lat["quix"] = await quix_latency(await fresh(base), args)
             print(f"  latency quix {lat['quix']}", file=sys.stderr)
