@@ -13,8 +13,9 @@ Per fetched batch, under one lock (rule changes and rebalances wait for it):
    channels ``ind.{tf}.{symbol}`` / ``bars.{tf}.{symbol}`` (several bars of one symbol
    in one batch are conflated to the latest, as quotes are) — and snapshot the
    partitions due a checkpoint (time or bar count);
-5. hand the writes to a task and return it: the gate's calls and the values in one
-   Redis pipeline, the firings to Kafka, the broker's acks, then the checkpoints. The
+5. hand the writes to a task and return it: the gate's calls in one Redis pipeline,
+   the firings to Kafka at once, the values in a second pipeline while the broker acks
+   them, then the checkpoints. The
    consumer fetches the next batch meanwhile and commits this one when its task is
    done; a batch's writes start only after the batch before's, so Redis and Kafka see
    them in order, and anything else that needs the engine's lock (rule changes,
@@ -266,20 +267,25 @@ class EngineService:
 
     async def _write(self, w: _Writes, before: asyncio.Task[None] | None) -> None:
         """One batch's round trips, after the batch before's: the gate's decisions (and
-        its channel appends), the hashes and the value channels in one Redis pipeline;
-        the alerts to Kafka; the broker's acks; then the due checkpoints."""
+        its channel appends) in one Redis pipeline and the firings to Kafka at once;
+        then, while the broker acks them, the hashes and the value channels in another
+        pipeline; then the due checkpoints. (One pipeline for both made every alert wait
+        for all of the batch's hashes.)"""
         if before is not None:
             await before
         stages = w.stages
+        gate_calls, values = w.commands[: w.gate_calls], w.commands[w.gate_calls :]
+        if gate_calls:
+            t = time.perf_counter()
+            replies = await self.redis_writes(
+                lambda: execute(self.redis, gate_calls, scripts=self._scripts)
+            )
+            verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies)
+            await self._fired(w.requests, w.gate_reqs, verdicts)
+            stages["alerts"] += _lap(t)
         t = time.perf_counter()
-        replies = await self.redis_writes(
-            lambda: execute(self.redis, w.commands, scripts=self._scripts)
-        )
+        await self.redis_writes(lambda: execute(self.redis, values, scripts=self._scripts))
         stages["write"] += _lap(t)
-        t = time.perf_counter()
-        verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies[: w.gate_calls])
-        await self._fired(w.requests, w.gate_reqs, verdicts)
-        stages["alerts"] += _lap(t)
         t = time.perf_counter()
         await self.producer.flush()
         stages["flush"] += _lap(t)
