@@ -27,6 +27,7 @@ from pydantic import (
     ValidationError,
     create_model,
 )
+from pymongo.errors import DuplicateKeyError
 
 from technic_stream.app.retry import MONGO_ERRORS, REDIS_ERRORS
 from technic_stream.gateway import metrics as m
@@ -443,15 +444,12 @@ async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]
     return doc
 
 
-async def _save_rule(gw: Gateway, who: Principal, rule_id: str, body: Any) -> AlertRule:
+def _rule_from(who: Principal, rule_id: str, body: Any) -> AlertRule:
     _check_rule(body.expr, "expr")
     try:
-        rule = AlertRule(rule_id=rule_id, owner=who.owner, ts=_now_ms(), **body.model_dump())
+        return AlertRule(rule_id=rule_id, owner=who.owner, ts=_now_ms(), **body.model_dump())
     except ValidationError as exc:
         raise _validation_problem(exc) from None
-    await gw.db["alert_rules"].replace_one({"_id": rule_id}, _rule_doc(rule), upsert=True)
-    await _publish(gw, "alerts.rules", rule_id, encode(rule))
-    return rule
 
 
 async def list_rules(request: web.Request) -> web.Response:
@@ -466,11 +464,13 @@ async def create_rule(request: web.Request) -> web.Response:
     gw = _gw(request)
     body = await _body(request, NewRuleBody)
     rule_id = body.rule_id or f"r-{uuid.uuid4().hex[:16]}"
-    if await gw.db["alert_rules"].find_one({"_id": rule_id}, {"_id": 1}) is not None:
-        raise Problem(409, "Conflict", f"rule {rule_id} exists; PUT replaces it")
-    fields = body.model_dump(exclude={"rule_id"})
-    await _save_rule(gw, who, rule_id, RuleBody(**fields))
-    doc = await _own_rule(gw, who, rule_id)
+    rule = _rule_from(who, rule_id, RuleBody(**body.model_dump(exclude={"rule_id"})))
+    doc = _rule_doc(rule)
+    try:  # the id is the key: one round trip decides (no read-then-write race)
+        await gw.db["alert_rules"].insert_one(doc)
+    except DuplicateKeyError:
+        raise Problem(409, "Conflict", f"rule {rule_id} exists; PUT replaces it") from None
+    await _publish(gw, "alerts.rules", rule_id, encode(rule))
     return _json((await _rule_view(gw, [doc]))[0], status=201)
 
 
@@ -486,12 +486,16 @@ async def put_rule(request: web.Request) -> web.Response:
     gw = _gw(request)
     rule_id = request.match_info["rule_id"]
     body = await _body(request, RuleBody)
-    existing = await gw.db["alert_rules"].find_one({"_id": rule_id}, {"owner": 1})
-    if existing is not None and existing["owner"] != who.owner:
-        raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
-    await _save_rule(gw, who, rule_id, body)
-    doc = await _own_rule(gw, who, rule_id)
-    return _json((await _rule_view(gw, [doc]))[0], status=200 if existing else 201)
+    rule = _rule_from(who, rule_id, body)
+    doc = _rule_doc(rule)
+    try:  # replaces the owner's rule or inserts it; another owner's id is a duplicate key
+        done = await gw.db["alert_rules"].replace_one(
+            {"_id": rule_id, "owner": who.owner}, doc, upsert=True
+        )
+    except DuplicateKeyError:
+        raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours") from None
+    await _publish(gw, "alerts.rules", rule_id, encode(rule))
+    return _json((await _rule_view(gw, [doc]))[0], status=200 if done.matched_count else 201)
 
 
 async def delete_rule(request: web.Request) -> web.Response:
@@ -522,8 +526,6 @@ async def submit_scan(request: web.Request) -> web.Response:
     stored, symbols = request_doc(req)
     doc = {"_id": scan_id, "owner": who.owner, "status": "queued", "submitted_at": now,
            "request": stored}  # fmt: skip
-    from pymongo.errors import DuplicateKeyError
-
     try:
         await gw.db["scans"].insert_one(doc)
     except DuplicateKeyError:

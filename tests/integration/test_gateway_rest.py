@@ -93,6 +93,25 @@ async def test_rules_are_checked_stored_published_and_deleted_with_a_tombstone(s
     assert records[2].value is None  # the tombstone
 
 
+async def test_put_creates_then_replaces_and_never_takes_another_owners_rule(settings):
+    async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
+        alice = {"Authorization": f"Bearer {gw.token('alice')}"}
+        bob = {"Authorization": f"Bearer {gw.token('bob')}"}
+        rule = {"expr": "close > 1", "tf": "1m"}
+        async with http.put("/v1/rules/p1", json=rule, headers=alice) as r:
+            assert r.status == 201 and (await r.json())["owner"] == "alice"
+        async with http.put("/v1/rules/p1", json={**rule, "cooldown_s": 60}, headers=alice) as r:
+            assert r.status == 200 and (await r.json())["cooldown_s"] == 60
+        async with http.put("/v1/rules/p1", json=rule, headers=bob) as r:
+            await _problem(r, 404)
+        async with http.get("/v1/rules/p1", headers=alice) as r:
+            kept = await r.json()
+        assert (kept["owner"], kept["cooldown_s"]) == ("alice", 60)  # bob changed nothing
+    records = await read_topic(settings, topic_name(settings.topic_prefix, "alerts.rules"),
+                               expect=2)  # fmt: skip
+    assert [decode(r.value, AlertRule).cooldown_s for r in records] == [0, 60]
+
+
 async def test_scans_are_submitted_readable_by_their_owner_and_cancellable(settings):
     async with running_gateway(settings) as gw, aiohttp.ClientSession(gw.http) as http:
         alice = {"Authorization": f"Bearer {gw.token('alice')}"}
