@@ -127,8 +127,10 @@ async def test_values_equal_the_batch_twin_and_rules_fire_where_the_reference_sa
         assert a.alert_id == alert_id(a.rule_id, a.symbol, a.tf, a.ts)
         assert record.key == a.owner.encode()
     band = [a for a in alerts if a.rule_id == "bar"]
-    assert band and all(a.message.startswith(f"{a.symbol} closed at ") for a in band)
-    assert "bb_20_2.upper" in band[0].values and "close" in band[0].values
+    assert band and all(a.message == f"{a.symbol} closed at {a.close!r} above the band"
+                        for a in band)  # fmt: skip
+    for a in band:  # the values it fired on: its bar's close, above the band's upper line
+        assert a.values["close"] == a.close > a.values["bb_20_2.upper"]
     assert [orjson.loads(d)["alert_id"] for _, d in bob.entries] == [a.alert_id for a in band]
 
     dlq = await read_topic(settings, topic_name(settings.topic_prefix, "dlq"), expect=5, wait_s=5)
