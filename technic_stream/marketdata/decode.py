@@ -57,6 +57,10 @@ class BarRows:
     def take(self, idx: np.ndarray) -> BarRows:
         return BarRows(*(getattr(self, f)[idx] for f in self.__slots__))
 
+    def between(self, start: int, stop: int) -> BarRows:
+        """Rows ``start:stop`` (views, not copies)."""
+        return BarRows(*(getattr(self, f)[start:stop] for f in self.__slots__))
+
 
 def _symbol_ok(sym: object) -> bool:
     if sym.__class__ is not str:
