@@ -248,7 +248,11 @@ async def collect_alerts(bootstrap: str, topic: str, out: Path) -> None:
 
 
 async def latency(
-    settings: Settings, start_child: Any, ready: Any, stop_child: Any, args: argparse.Namespace,
+    settings: Settings,
+    start_child: Any,
+    ready: Any,
+    stop_child: Any,
+    args: argparse.Namespace,
     read: str = "alerts.fired",
 ) -> dict[str, float]:
     await start_child()
