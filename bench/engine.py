@@ -420,7 +420,8 @@ async def main() -> None:
     ap.add_argument("--peer-set", choices=("full", "ema_rsi"), default="full")
     ap.add_argument("--no-peer", action="store_true", help="ours only")
     ap.add_argument("--no-rules", action="store_true", help="ours without live alert rules")
-    ap.add_argument("--repeats", type=int, default=1, help="throughput runs per contender")
+    ap.add_argument("--repeats", type=int, default=1, help="throughput runs of ours")
+    ap.add_argument("--peer-repeats", type=int, default=1, help="throughput runs of the peer")
     ap.add_argument("--skip-throughput", action="store_true", help="latency runs only")
     ap.add_argument("--no-floor", action="store_true", help="without the pass-through floor")
     ap.add_argument("--json", type=Path, help="also write the results here (bench/run_all)")
@@ -431,7 +432,7 @@ async def main() -> None:
             tempfile.TemporaryDirectory() as tmp:  # fmt: skip
         base = stack.settings
         work = Path(tmp)
-        for _ in range(0 if args.skip_throughput else args.repeats):
+        for run in range(0 if args.skip_throughput else args.repeats):
             for fmt in ("bars", "batch"):
                 s = await fresh(base)
                 if not args.no_rules:
@@ -440,7 +441,7 @@ async def main() -> None:
                 print(f"ours {fmt}: {r.bars:,} bars in the topic", file=sys.stderr)
                 rows.setdefault(f"ours {fmt}", []).append(await ours_throughput(s, r.bars, work))
                 print(f"  {rows[f'ours {fmt}'][-1]}", file=sys.stderr)
-            if not args.no_peer:
+            if not args.no_peer and run < args.peer_repeats:
                 s = await fresh(base)
                 r = await run_synth(s, config, steps=args.steps, fmt="bars", progress=None)
                 rows.setdefault("quix", []).append(await quix_throughput(s, r.bars, args.peer_set))
@@ -469,7 +470,8 @@ async def main() -> None:
 def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], lat) -> None:
     total = args.symbols * args.steps
     print(f"# engine — {platform.processor() or platform.machine()}, {args.symbols:,} symbols"
-          f" x {args.steps} bars (~{total:,}), 8 partitions, runs: {args.repeats}\n")  # fmt: skip
+          f" x {args.steps} bars (~{total:,}), 8 partitions, runs: ours {args.repeats},"
+          f" the peer {min(args.peer_repeats, args.repeats)}\n")  # fmt: skip
     print("| contender | bars/s (median) | runs | alerts |")
     print("|---|---:|---|---:|")
     names = {"ours bars": "technic-stream engine, JSON bar per message",

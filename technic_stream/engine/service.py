@@ -57,7 +57,7 @@ from technic_stream.indicators.registry import IndicatorError, parse_indicators
 from technic_stream.indicators.state import StateVersionError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
 from technic_stream.kafka.follower import TopicFollower
-from technic_stream.marketdata.decode import BarRows, decode_bar_records
+from technic_stream.marketdata.decode import BarRows, decode_bar_records, warm_decoder
 from technic_stream.messages import AlertRule, alert_id, decode
 from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict
@@ -709,6 +709,7 @@ async def engine_service(
 ) -> None:
     """The engine process: runs until ``stop``. ``started`` sees the handler (tests)."""
     redis = redis_client(settings)
+    await asyncio.to_thread(warm_decoder)
     try:
         async with Producer(settings) as producer:
             handler = EngineService(settings, producer, redis, stop=stop)

@@ -1,6 +1,6 @@
 """Bar messages parsed from their JSON bytes in numba: the hot path of ``md.bars``.
 
-``parse_bars_nb`` reads a batch's single-Bar records, concatenated in one byte array,
+``parse_bars`` reads a batch's single-Bar records, concatenated in one byte array,
 straight into columns, with no Python object per bar. It accepts a record only when it
 is certain to give exactly what ``orjson.loads`` and the strict ``Bar`` model would:
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["BAR_KEYS", "TIMEFRAME_NAMES", "parse_bars_nb"]
+__all__ = ["BAR_KEYS", "TIMEFRAME_NAMES", "parse_bars", "same_bytes_nb"]
 
 #: key codes of a Bar object, in the order of the output columns
 BAR_KEYS = ("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume")
@@ -285,7 +285,7 @@ def _parse_nb(buf, starts, ts, cols, tf, sym_at, sym_hash, ok, keys, key_at, tfs
                             keys, key_at, tfs, tf_at, pow10)  # fmt: skip
 
 
-def parse_bars_nb(
+def parse_bars(
     buf: np.ndarray, starts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse records ``buf[starts[r]:starts[r + 1]]`` (uint8, int64 with one more entry

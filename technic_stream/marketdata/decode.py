@@ -22,10 +22,10 @@ import numpy as np
 import orjson
 
 from technic_stream.kafka.dlq import KafkaRecord
-from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bars_nb, same_bytes_nb
+from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bars, same_bytes_nb
 from technic_stream.messages import MAX_BATCH_ROWS, MAX_TS_MS, TIMEFRAMES
 
-__all__ = ["BarRows", "TradeRows", "decode_bar_records", "decode_trade_records"]
+__all__ = ["BarRows", "TradeRows", "decode_bar_records", "decode_trade_records", "warm_decoder"]
 
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._/:^=-]{0,31}$")
 _BAR_KEYS = frozenset(("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume"))
@@ -263,6 +263,22 @@ def decode_bar_records(
 _TF_NAMES = np.array(TIMEFRAME_NAMES, dtype=object)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    value: bytes
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+
+
+def warm_decoder() -> None:
+    """Decode two sample records once, so numba has compiled (or loaded from its cache)
+    the wire parser before the first real batch — which would otherwise wait for it."""
+    bar = b'{"type":"bar","v":1,"symbol":"A","tf":"1m","ts":0,"open":1,"high":1,"low":1,'
+    decode_bar_records([_Sample(bar + b'"close":1,"volume":1}'), _Sample(b"{}")])
+
+
 def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows, list[int]]:
     """The records the numba parser reads with certainty, as rows (their indices in
     ``record``), and the indices of the others."""
@@ -272,7 +288,7 @@ def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows,
     np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=n), out=starts[1:])
     joined = b"".join(values)
     buf = np.frombuffer(joined, dtype=np.uint8)
-    ok, ts, cols, tf, sym_at, sym_hash = parse_bars_nb(buf, starts)
+    ok, ts, cols, tf, sym_at, sym_hash = parse_bars(buf, starts)
     ok &= np.diff(starts) <= max_bytes
     idx = np.flatnonzero(ok)
     rest = np.flatnonzero(~ok).tolist()
