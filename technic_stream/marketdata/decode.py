@@ -117,9 +117,14 @@ def _structure(obj: Any) -> str | None:
         if not isinstance(col, list) or len(col) != n:
             got = len(col) if isinstance(col, list) else type(col).__name__
             return f"{f} has {got} rows, symbols has {n}"
-    for i, sym in enumerate(symbols):
-        if not _symbol_ok(sym):
-            return f"symbols.{i}: {sym!r} is not a valid ticker"
+    try:  # (a C loop over the symbols seen before; a Python one over the others)
+        known = _known_symbols.issuperset(symbols)
+    except TypeError:  # an unhashable value among them
+        known = False
+    if not known:
+        for i, sym in enumerate(symbols):
+            if not _symbol_ok(sym):
+                return f"symbols.{i}: {sym!r} is not a valid ticker"
     return None
 
 
@@ -138,8 +143,11 @@ def _parse(
     return obj, check(obj)
 
 
-def _column(values: list[Any], name: str, *, integer: bool) -> tuple[np.ndarray | None, str]:
-    """A batch column as an array, or None and why (strings, booleans, nulls, big ints)."""
+def _column(
+    values: list[Any], name: str, *, integer: bool, bools: bool = True
+) -> tuple[np.ndarray | None, str]:
+    """A batch column as an array, or None and why (strings, booleans, nulls, big ints).
+    ``bools`` False: the record is known to hold no boolean (its text has no literal)."""
     try:
         arr = np.asarray(values)
     except (OverflowError, ValueError):
@@ -147,7 +155,11 @@ def _column(values: list[Any], name: str, *, integer: bool) -> tuple[np.ndarray 
     kind = arr.dtype.kind
     # NumPy turns a boolean among numbers into 1/0; the models refuse it. count() is a
     # C loop (it also matches 1 and 0, so the exact check runs only when it hits).
-    if (values.count(True) or values.count(False)) and any(x.__class__ is bool for x in values):
+    if (
+        bools
+        and (values.count(True) or values.count(False))
+        and any(x.__class__ is bool for x in values)
+    ):
         return None, f"{name}: must be numbers, not booleans"
     if integer:
         if kind != "i":
@@ -251,13 +263,14 @@ def decode_bar_records(
     wire, rest = _wire_bars(records, max_bytes)
     if not rest:
         return _numeric_checks(wire, records, bad)
-    others = _general_rows([records[i] for i in rest], max_bytes, bad)
-    if not len(wire):
-        return _numeric_checks(others, records, bad)
+    others, batches = _general_rows([records[i] for i in rest], max_bytes, bad)
+    batches = {rest[i] for i in batches}
     others = replace(others, record=np.asarray(rest, dtype=np.int64)[others.record])
-    both = BarRows(*(np.concatenate((getattr(wire, f), getattr(others, f)))
-                     for f in BarRows.__slots__))  # fmt: skip
-    return _numeric_checks(both.take(np.argsort(both.record, kind="stable")), records, bad)
+    if not len(wire):
+        return _numeric_checks(others, records, bad, batches)
+    both = _concat((wire, others))
+    return _numeric_checks(both.take(np.argsort(both.record, kind="stable")), records, bad,
+                           batches)  # fmt: skip
 
 
 _TF_NAMES = np.array(TIMEFRAME_NAMES, dtype=object)
@@ -323,16 +336,32 @@ def _rows(
 
 def _general_rows(
     records: Sequence[KafkaRecord], max_bytes: int, bad: list[tuple[KafkaRecord, str]]
-) -> BarRows:
-    """Rows of ``records`` by orjson (numbers not yet checked); the rejected to ``bad``."""
+) -> tuple[BarRows, set[int]]:
+    """Rows of ``records`` by orjson (numbers not yet checked), and the indices of the
+    records that were BarBatch messages; the rejected to ``bad``.
+
+    A BarBatch's columns stay arrays from its parse to the result (one concatenation
+    for the whole call): converting them row by row cost more than parsing them."""
     fast, parsed = _all_single_bars(records, max_bytes)
     if fast is not None:
-        return fast
+        return fast, set()
+    pieces: list[BarRows] = []
+    batches: set[int] = set()
     rec_ix: list[int] = []
     tfs: list[str] = []
     syms: list[str] = []
     cols: dict[str, list[Any]] = {f: [] for f in ("ts", *_FIELDS)}
     ts_l, o_l, h_l, l_l, c_l, v_l = (cols[f] for f in ("ts", *_FIELDS))
+
+    def singles() -> None:  # the single bars gathered so far, as one piece
+        if rec_ix:
+            pieces.append(_rows(rec_ix, tfs, syms, ts_l, cols))
+            rec_ix.clear()
+            tfs.clear()
+            syms.clear()
+            for col in cols.values():
+                col.clear()
+
     for i, record in enumerate(records):
         if parsed is not None:
             obj, reason = parsed[i], _structure(parsed[i])
@@ -353,8 +382,11 @@ def _general_rows(
             v_l.append(obj["volume"])
             continue
         arrays = []
+        # no 'true' or 'false' in its text: no boolean to look for among its numbers
+        value = record.value or b""
+        bools = b"true" in value or b"false" in value
         for f in ("ts", *_FIELDS):
-            arr, why = _column(obj[f], f, integer=f == "ts")
+            arr, why = _column(obj[f], f, integer=f == "ts", bools=bools)
             if arr is None:
                 reason = why
                 break
@@ -362,31 +394,44 @@ def _general_rows(
         if reason is not None:
             bad.append((record, reason))
             continue
-        code = _row_reasons(*arrays)
-        if code.any():
-            first = int(np.flatnonzero(code)[0])
-            bad.append((record, f"row {first}: {_REASONS[code[first]]}"))
-            continue
+        singles()
         n = len(obj["symbols"])
-        rec_ix.extend([i] * n)
-        tfs.extend([obj["tf"]] * n)
-        syms.extend(obj["symbols"])
-        for f, arr in zip(("ts", *_FIELDS), arrays, strict=True):
-            cols[f].extend(arr.tolist())
-    return _rows(rec_ix, tfs, syms, ts_l, cols)
+        tf = np.empty(n, dtype=object)
+        tf.fill(obj["tf"])
+        pieces.append(BarRows(np.full(n, i, dtype=np.int64), tf,
+                              np.array(obj["symbols"], dtype=object), *arrays))  # fmt: skip
+        batches.add(i)
+    singles()
+    if not pieces:
+        return _no_rows(), batches
+    if len(pieces) == 1:
+        return pieces[0], batches
+    return _concat(pieces), batches
+
+
+def _concat(pieces: Sequence[BarRows]) -> BarRows:
+    return BarRows(*(np.concatenate([getattr(p, f) for p in pieces]) for f in BarRows.__slots__))
 
 
 def _numeric_checks(
-    rows: BarRows, records: Sequence[KafkaRecord], bad: list[tuple[KafkaRecord, str]]
+    rows: BarRows,
+    records: Sequence[KafkaRecord],
+    bad: list[tuple[KafkaRecord, str]],
+    batches: set[int] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[BarRows, list[tuple[KafkaRecord, str]]]:
+    """Reject every record with a row that breaks a numeric rule, with the reason of its
+    first such row (a BarBatch's reason names the row). ``rows`` are in record order."""
     code = _row_reasons(rows.ts, rows.open, rows.high, rows.low, rows.close, rows.volume)
     if not code.any():
         return rows, bad
-    # single bars that break a numeric rule: reject their records
     failed = np.flatnonzero(code)
-    drop = np.isin(rows.record, rows.record[failed])
-    for j in failed.tolist():
-        bad.append((records[int(rows.record[j])], _REASONS[code[j]]))
+    failed_records, first = np.unique(rows.record[failed], return_index=True)
+    for r, j in zip(failed_records.tolist(), failed[first].tolist(), strict=True):
+        reason = _REASONS[code[j]]
+        if r in batches:  # its row: the position within the record's rows
+            reason = f"row {j - int(np.searchsorted(rows.record, r))}: {reason}"
+        bad.append((records[r], reason))
+    drop = np.isin(rows.record, failed_records)
     return rows.take(np.flatnonzero(~drop)), bad
 
 

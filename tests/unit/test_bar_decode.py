@@ -232,6 +232,28 @@ def test_a_mixed_batch_keeps_record_order_across_both_parsers():
     ]
 
 
+def test_a_batch_with_bad_rows_is_rejected_once_naming_its_first_bad_row():
+    """Among good records of both kinds, a BarBatch whose rows 1 and 2 break numeric
+    rules is rejected whole, once, with row 1's reason; the rows around it are kept."""
+
+    def batch(syms: list[str], low: list[float]) -> bytes:
+        n = len(syms)
+        return orjson.dumps({"type": "bar_batch", "v": 1, "tf": "1m", "symbols": syms,
+                             "ts": [GOOD["ts"]] * n, "open": [5.0] * n, "high": [6.0] * n,
+                             "low": low, "close": [5.0] * n, "volume": [1.0] * n})  # fmt: skip
+
+    recs = [
+        Rec(batch(["B1", "B2"], [4.0, 4.0])),
+        Rec(orjson.dumps({**GOOD, "symbol": "A1"})),
+        Rec(batch(["C1", "C2", "C3"], [4.0, 5.5, -1.0])),
+        Rec(batch(["D1"], [4.0])),
+    ]
+    rows, bad = decode_bar_records(recs)
+    assert rows.symbol.tolist() == ["B1", "B2", "A1", "D1"]
+    assert rows.record.tolist() == [0, 0, 1, 3]
+    assert [(r is recs[2], why) for r, why in bad] == [(True, "row 1: low is above min(open, close)")]
+
+
 @pytest.mark.parametrize(
     "text",
     [
