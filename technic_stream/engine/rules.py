@@ -24,7 +24,6 @@ engine process, see :mod:`technic_stream.redis.alert_gate`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +33,7 @@ from technic_stream.kernels import APPLIED, SKIPPED
 from technic_stream.messages import AlertRule
 from technic_stream.rules import Rule, RuleError, RuleLimits, RuleSet, parse_rule
 
-__all__ = ["Candidate", "LiveRule", "LiveRules", "TimeframeRules"]
+__all__ = ["LiveRule", "LiveRules", "TimeframeRules", "hits"]
 
 #: statuses a rule can have; only ``active`` rules are evaluated
 ACTIVE, FIRED, PAUSED, EXPIRED, ERROR = "active", "fired", "paused", "expired", "error"
@@ -68,7 +67,9 @@ class TimeframeRules:
     ruleset: RuleSet
     columns: list[str]  # per input of the rule set
     lags: list[int]
-    _reported: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict, repr=False)
+    _reported: dict[str, tuple[tuple[str, ...], np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
     on_close: np.ndarray = field(init=False, repr=False)  # per rule: once_per_bar_close
     by_id: np.ndarray = field(init=False, repr=False)  # rule positions sorted by rule id
 
@@ -88,25 +89,17 @@ class TimeframeRules:
         """Values of each column the book must keep (lag 0 .. max lag)."""
         return self.ruleset.max_lag + 1
 
-    def reported(self, rule: LiveRule) -> tuple[list[str], np.ndarray]:
+    def reported(self, rule: LiveRule) -> tuple[tuple[str, ...], np.ndarray]:
         """The columns an alert of ``rule`` reports (its lag-0 inputs) and their rows in
         the gathered input values."""
         got = self._reported.get(rule.rule_id)
         if got is None:
             inputs = enumerate(zip(self.columns, self.lags, strict=True))
             pairs = [(col, i) for i, (col, lag) in inputs if lag == 0 and col in rule.columns]
-            got = ([c for c, _ in pairs], np.array([i for _, i in pairs], dtype=np.int64))
+            names = tuple(c for c, _ in pairs)
+            got = (names, np.array([i for _, i in pairs], dtype=np.int64))
             self._reported[rule.rule_id] = got
         return got
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A rule that holds on one print of one bar, before the gate decides."""
-
-    rule: LiveRule
-    bar: int  # index into the batch
-    seq: int
 
 
 @dataclass
@@ -193,27 +186,18 @@ class LiveRules:
         return compiled.specs if compiled is not None else []
 
 
-def candidates(
-    compiled: TimeframeRules,
-    values: np.ndarray,
-    status: np.ndarray,
-    seq: np.ndarray,
-    symbols: Iterable[str] | np.ndarray,
-) -> list[Candidate]:
-    """The (rule, bar) pairs where a rule holds, by mode, over a batch's bars."""
-    n = int(status.shape[0])
-    if n == 0:
-        return []
+def hits(
+    compiled: TimeframeRules, values: np.ndarray, status: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where rules hold, by mode, over a batch's bars: the bar indices and the rule
+    positions (in ``compiled.rules``) of every (bar, rule) pair, in arrival order, then
+    rule id. A rule's symbol list is not applied here (its caller has the symbols)."""
+    if int(status.shape[0]) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     hit = compiled.ruleset.evaluate_latest(values).matches()
     # once_per_bar_close rules see new bars only; the others every print of a bar
     printed = status != SKIPPED
     hit &= np.where(compiled.on_close[:, None], (status == APPLIED)[None, :], printed[None, :])
     order = compiled.by_id  # rule positions in rule-id order
     bars, ks = np.nonzero(hit[order].T)  # arrival order, then rule id
-    sym = np.asarray(symbols, dtype=object)
-    out: list[Candidate] = []
-    for b, k in zip(bars.tolist(), order[ks].tolist(), strict=True):
-        rule = compiled.rules[k]
-        if rule.symbols is None or sym[b] in rule.symbols:
-            out.append(Candidate(rule, b, int(seq[b])))
-    return out
+    return bars, order[ks]

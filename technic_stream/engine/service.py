@@ -37,7 +37,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -51,7 +52,7 @@ from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.engine.book import Applied, Book
 from technic_stream.engine.partition import PartitionState
-from technic_stream.engine.rules import ACTIVE, Candidate, LiveRule, LiveRules, candidates
+from technic_stream.engine.rules import ACTIVE, LiveRule, LiveRules, TimeframeRules, hits
 from technic_stream.errors import ConfigError, MessageDecodeError
 from technic_stream.indicators.registry import IndicatorError, parse_indicators
 from technic_stream.indicators.state import StateVersionError
@@ -60,7 +61,7 @@ from technic_stream.kafka.follower import TopicFollower
 from technic_stream.marketdata.decode import BarRows, decode_bar_records, warm_decoder
 from technic_stream.messages import AlertRule, alert_id, decode
 from technic_stream.redis import redis_client
-from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict
+from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict, new_request
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
 from technic_stream.redis.interest import ChannelInterest
@@ -127,13 +128,27 @@ class _Touched:
     rows: set[int] = field(default_factory=set)
 
 
+class _Pending(NamedTuple):
+    """A candidate on its way to the gate: what acting on its verdict needs."""
+
+    part: PartitionState
+    rule: LiveRule
+    symbol: str
+    ts: int
+    per_bar: bool  # once_per_bar(_close): marked in the partition when it fires
+
+
+_new_pending = partial(tuple.__new__, _Pending)  # (a C call: one per candidate)
+_PER_BAR = frozenset(("once_per_bar", "once_per_bar_close"))
+
+
 @dataclass
 class _Writes:
     """What one batch's computation leaves to write (see ``EngineService._write``)."""
 
     batch: Batch
-    requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]]
-    gate_reqs: list[GateRequest]
+    pending: list[_Pending]
+    gate_reqs: list[GateRequest]  # one per pending candidate
     groups: Any
     gate_calls: int
     commands: list[Any]
@@ -224,7 +239,8 @@ class EngineService:
             for rule in expired:
                 await self._status_changed(rule)
             touched: dict[tuple[int, str], _Touched] = {}
-            requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]] = []
+            pending: list[_Pending] = []
+            gate_reqs: list[GateRequest] = []
             # every partition's records decoded in one call: a call's fixed cost was most
             # of the decoding of the small batches that low latency brings
             t = time.perf_counter()
@@ -247,7 +263,7 @@ class EngineService:
                 tfs = sorted(set(rows.tf.tolist()))
                 for tf in tfs:
                     sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
-                    self._apply(tp, part, tf, sub, touched, requests)
+                    self._apply(tp, part, tf, sub, touched, now, pending, gate_reqs)
                 stages["compute"] += _lap(t)
                 part.next_offset = records[-1].offset + 1
                 part.bars_since_save += len(records)
@@ -256,7 +272,6 @@ class EngineService:
                     if lag is not None:
                         LAG.labels(str(tp.partition)).set(lag)
             t = time.perf_counter()
-            gate_reqs = self._gate_requests(requests, now)
             gate_calls, groups = self.gate.commands(gate_reqs)
             stages["alerts"] += _lap(t)
             t = time.perf_counter()
@@ -266,7 +281,7 @@ class EngineService:
             t = time.perf_counter()
             snapshots = await self._snapshots_due()
             stages["checkpoint"] += _lap(t)
-            writes = _Writes(batch, requests, gate_reqs, groups, len(gate_calls),
+            writes = _Writes(batch, pending, gate_reqs, groups, len(gate_calls),
                              [*gate_calls, *values], snapshots, stages, started)  # fmt: skip
             self._inflight = asyncio.create_task(
                 self._write(writes, self._inflight), name="engine-writes"
@@ -290,7 +305,7 @@ class EngineService:
                 lambda: execute(self.redis, gate_calls, scripts=self._scripts)
             )
             verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies)
-            await self._fired(w.requests, w.gate_reqs, verdicts)
+            await self._fired(w.pending, w.gate_reqs, verdicts)
             stages["alerts"] += _lap(t)
         t = time.perf_counter()
         await self.redis_writes(lambda: execute(self.redis, values, scripts=self._scripts))
@@ -322,7 +337,9 @@ class EngineService:
         tf: str,
         bars: BarRows,
         touched: dict[tuple[int, str], _Touched],
-        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+        now: int,
+        pending: list[_Pending],
+        gate_reqs: list[GateRequest],
     ) -> None:
         book = part.book(tf, self.rules)
         compiled = self.rules.for_tf(tf)
@@ -345,43 +362,66 @@ class EngineService:
         if compiled is None:
             return
         RULE_EVALS.inc(n * len(compiled.rules))
-        for c in candidates(compiled, res.values, res.status, res.seq, bars.symbol):
-            sym = bars.symbol[c.bar]
-            ts = int(bars.ts[c.bar])
-            mode = c.rule.message.mode
-            if mode in ("once_per_bar", "once_per_bar_close") and part.already_fired(
-                c.rule.rule_id, sym, ts
-            ):
-                continue
-            requests.append((part, c, sym, book, res, bars))
+        at, ks = hits(compiled, res.values, res.status)
+        if at.shape[0]:
+            self._candidates(part, compiled, bars, res, at, ks, now, pending, gate_reqs)
 
-    def _gate_requests(
+    def _candidates(
         self,
-        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+        part: PartitionState,
+        compiled: TimeframeRules,
+        bars: BarRows,
+        res: Applied,
+        at: np.ndarray,
+        ks: np.ndarray,
         now: int,
-    ) -> list[GateRequest]:
-        """A gate request per candidate, carrying the alert it fires as JSON (the gate
-        appends it to the owner's channel in the same step as its decision)."""
-        out = []
-        for _part, c, sym, book, res, bars in requests:
-            m = c.rule.message
-            ts = int(bars.ts[c.bar])
-            aid = alert_id(m.rule_id, sym, m.tf, ts, c.seq if m.mode == "every_time" else 0)
+        pending: list[_Pending],
+        gate_reqs: list[GateRequest],
+    ) -> None:
+        """A gate request per candidate (rule ``ks[j]`` holding on bar ``at[j]``) that
+        its symbol list and the once-per-bar marks let through, carrying the alert it
+        fires as JSON (the gate appends it to the owner's channel in the same step as its
+        decision). The candidates' fields are gathered in one step each; the loop only
+        assembles them (a Python step per field and alert was most of the alerts' cost)."""
+        rules = compiled.rules
+        # the reported values (a rule's lag-0 inputs) at each candidate's bar: one
+        # gather per rule that holds somewhere in the batch
+        kl = ks.tolist()
+        values: list[Any] = [None] * len(kl)
+        for k in set(kl):
+            names, rows = compiled.reported(rules[k])
+            js = np.flatnonzero(ks == k)
+            for j, row in zip(
+                js.tolist(), res.values[np.ix_(rows, at[js])].T.tolist(), strict=True
+            ):
+                values[j] = dict(zip(names, row, strict=True))  # NaN (not ready): null
+        for k, sym, ts, close, seq, vals in zip(
+            kl, bars.symbol[at].tolist(), bars.ts[at].tolist(),
+            bars.close[at].tolist(), res.seq[at].tolist(), values, strict=True,
+        ):  # fmt: skip
+            rule = rules[k]
+            if rule.symbols is not None and sym not in rule.symbols:
+                continue
+            m = rule.message
+            per_bar = m.mode in _PER_BAR
+            if per_bar and part.already_fired(m.rule_id, sym, ts):
+                continue
+            aid = alert_id(m.rule_id, sym, m.tf, ts, seq if m.mode == "every_time" else 0)
             data = orjson.dumps({
                 "type": "alert", "v": 1, "alert_id": aid, "rule_id": m.rule_id,
                 "owner": m.owner, "symbol": sym, "tf": m.tf, "ts": ts, "fired_at": now,
-                "close": float(bars.close[c.bar]), "values": self._values(c, book, res),
-                "message": _render(m, sym, ts, bars, c.bar),
+                "close": close, "values": vals,
+                "message": _render(m, sym, ts, close) if m.message else None,
             })  # fmt: skip
-            out.append(GateRequest(
+            pending.append(_new_pending((part, rule, sym, ts, per_bar)))
+            gate_reqs.append(new_request((
                 m.rule_id, m.ts, m.mode, m.cooldown_s, m.expires_at, m.throttle_max,
                 m.throttle_window_s, sym, aid, f"alerts.{m.owner}", data,
-            ))  # fmt: skip
-        return out
+            )))  # fmt: skip
 
     async def _fired(
         self,
-        requests: list[tuple[PartitionState, Candidate, str, Book, Applied, BarRows]],
+        pending: list[_Pending],
         gate_reqs: list[GateRequest],
         verdicts: list[GateVerdict],
     ) -> None:
@@ -390,16 +430,14 @@ class EngineService:
         unless this process sent it: a once-per-bar firing it has marked)."""
         out: list[tuple[bytes, bytes]] = []
         outcomes = dict.fromkeys(("fired", "replayed", "suppressed"), 0)
-        for (part, c, sym, _b, _r, _bars), q, v in zip(requests, gate_reqs, verdicts, strict=True):
-            m = c.rule.message
-            if v.changed or (v.status != ACTIVE and c.rule.status == ACTIVE):
+        for (part, rule, sym, ts, per_bar), q, v in zip(pending, gate_reqs, verdicts, strict=True):
+            m = rule.message
+            if v.changed or (v.status != ACTIVE and rule.status == ACTIVE):
                 self.rules.set_status(m.rule_id, v.status, v.reason)
-                await self._status_changed(c.rule)
+                await self._status_changed(rule)
             if not v.fire:
                 outcomes["suppressed"] += 1
                 continue
-            per_bar = m.mode in ("once_per_bar", "once_per_bar_close")
-            ts = int(_bars.ts[c.bar])
             if v.replayed and per_bar and part.already_fired(m.rule_id, sym, ts):
                 # a correction of a bar whose firing the batch before sent (it was
                 # computed while that batch's decisions were on their way): sent once
@@ -415,15 +453,6 @@ class EngineService:
             if n:
                 ALERTS.labels(outcome).inc(n)
         self.alerts_sent += len(out)
-
-    def _values(self, c: Candidate, book: Book, res: Applied) -> dict[str, float | None]:
-        """The rule's columns as of the bar it fired on (lag 0 values of its inputs)."""
-        compiled = self.rules.for_tf(c.rule.message.tf)
-        if compiled is None:
-            return {}
-        names, rows = compiled.reported(c.rule)
-        return {n: (x if x == x else None)  # NaN (not ready) → null
-                for n, x in zip(names, res.values[rows, c.bar].tolist(), strict=True)}  # fmt: skip
 
     async def _status_changed(self, rule: LiveRule) -> None:
         m = rule.message
@@ -685,7 +714,7 @@ class EngineService:
                     self.parked[tp] = part
 
 
-def _render(rule: AlertRule, symbol: str, ts: int, bars: BarRows, b: int) -> str | None:
+def _render(rule: AlertRule, symbol: str, ts: int, close: float) -> str | None:
     """The rule's message with its placeholders filled (the notifier renders templates
     per channel; this is the plain text that goes with the alert)."""
     text = rule.message
@@ -693,7 +722,7 @@ def _render(rule: AlertRule, symbol: str, ts: int, bars: BarRows, b: int) -> str
         return None
     fields = {
         "symbol": symbol, "tf": rule.tf, "ts": str(ts), "rule": rule.name or rule.rule_id,
-        "close": repr(float(bars.close[b])),
+        "close": repr(close),
     }  # fmt: skip
     for k, v in fields.items():
         text = text.replace("{{" + k + "}}", v)

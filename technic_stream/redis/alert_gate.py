@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -32,7 +33,7 @@ import redis.asyncio as aioredis
 from technic_stream.redis.channels import APPEND_LUA, ChannelPublisher
 from technic_stream.redis.resp import Arg, Script, execute
 
-__all__ = ["AlertGate", "GateRequest", "GateVerdict"]
+__all__ = ["AlertGate", "GateRequest", "GateVerdict", "new_request"]
 
 # One rule's candidates, in order. KEYS: rule, fires, last, the owner channel's meta and
 # hist ('' and '': no channel), then one decision key per candidate; ARGV: version, mode,
@@ -160,6 +161,11 @@ class GateRequest(NamedTuple):  # (a tuple: one is made per candidate)
     alert_id: str
     channel: str | None = None  # where a firing is appended (the owner's alerts channel)
     data: bytes | None = None  # the alert as JSON, appended when it fires
+
+
+#: a GateRequest from a tuple of its fields, in order: a C call, where the class's own
+#: ``__new__`` is a Python one (the engine makes one per candidate)
+new_request = partial(tuple.__new__, GateRequest)
 
 
 class GateVerdict(NamedTuple):  # (a tuple: one is made per candidate)
