@@ -76,6 +76,8 @@ async def test_rules_are_checked_stored_published_and_deleted_with_a_tombstone(s
             await _problem(r, 404)  # someone else's rule does not exist for bob
         async with http.put("/v1/rules/r1", json={"expr": "close > 1"}, headers=bob) as r:
             await _problem(r, 404)
+        async with http.delete("/v1/rules/r1", headers=bob) as r:
+            await _problem(r, 404)  # nor delete it (no tombstone goes out: see the topic)
         async with http.put("/v1/rules/r1", json={"expr": "rsi(14) < 25", "tf": "1m"},
                             headers=alice) as r:  # fmt: skip
             assert r.status == 200 and (await r.json())["expr"] == "rsi(14) < 25"
