@@ -251,7 +251,9 @@ def test_a_batch_with_bad_rows_is_rejected_once_naming_its_first_bad_row():
     rows, bad = decode_bar_records(recs)
     assert rows.symbol.tolist() == ["B1", "B2", "A1", "D1"]
     assert rows.record.tolist() == [0, 0, 1, 3]
-    assert [(r is recs[2], why) for r, why in bad] == [(True, "row 1: low is above min(open, close)")]
+    assert [(r is recs[2], why) for r, why in bad] == [
+        (True, "row 1: low is above min(open, close)")
+    ]
 
 
 @pytest.mark.parametrize(
