@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         default=10, ge=1, le=60_000,
         description="longest a fetch waits at the broker for data (bounds added latency)",
     )  # fmt: skip
+    kafka_idle_fetch_max_wait_ms: int = Field(
+        default=100, ge=1, le=60_000,
+        description="the fetch wait of a consumer that has had no record for "
+        "kafka_idle_after_s (the first record after that waits up to this long); "
+        "the local broker answers an empty fetch only when the wait is up",
+    )  # fmt: skip
+    kafka_idle_after_s: float = Field(
+        default=2.0, ge=0, le=3_600, description="quiet time before a consumer polls slower"
+    )
     kafka_linger_ms: int = Field(default=5, ge=0, le=10_000)
     kafka_max_batch_bytes: int = Field(default=1_048_576, ge=1_024)
     kafka_acks: Literal["all", "1", "0"] = "all"

@@ -15,6 +15,14 @@ before the handler is told to let partitions go.
 
 Rebalances run concurrently with processing in aiokafka, so the revoke hook
 waits for the batch in flight (and its commit) before it lets partitions go.
+
+A consumer that has had no record for ``kafka_idle_after_s`` polls the broker slower
+(``kafka_idle_fetch_max_wait_ms`` instead of ``kafka_fetch_max_wait_ms``) until one
+comes: the local broker answers an empty fetch only when its wait is up, so every
+consumer of an idle system asked it a hundred times a second — together half a core of
+the broker and a quarter of the services' own. The first record after a quiet spell
+waits up to the idle wait; while records flow, fetches wait the short one. A consumer
+whose first record's latency matters more (``idle_fetch=False``) always polls fast.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.config import Settings
 from technic_stream.errors import KafkaTransportError
@@ -46,6 +54,9 @@ REREAD = Counter(
     "technic_kafka_reread", "Fetches answered after a gap, read again from the position", ["topic"]
 )
 COMMITS = Counter("technic_kafka_commits", "Offset commits", ["group", "outcome"])
+FETCH_WAIT = Gauge(
+    "technic_kafka_fetch_wait_ms", "Longest wait of a fetch at the broker, now", ["group"]
+)
 BATCH_SECONDS = Histogram(
     "technic_kafka_batch_seconds",
     "Time to process one fetched batch, commit included",
@@ -101,6 +112,7 @@ class BatchConsumer(AsyncResource):
         bootstrap: str | None = None,
         auto_offset_reset: str = "earliest",
         max_records: int | None = None,
+        idle_fetch: bool = True,
     ) -> None:
         if not topics:
             raise ValueError("a consumer needs at least one topic")
@@ -127,6 +139,9 @@ class BatchConsumer(AsyncResource):
         self._pending: tuple[asyncio.Future[None], dict[TopicPartition, int], Batch] | None = None
         self.duplicates_dropped = 0
         self.records_processed = 0
+        self._idle_fetch = idle_fetch
+        self._idle = False
+        self._last_record = time.monotonic()
 
     async def start(self) -> None:
         if self._state is not _State.NEW:
@@ -147,6 +162,7 @@ class BatchConsumer(AsyncResource):
             fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
+        FETCH_WAIT.labels(self.group_id).set(s.kafka_fetch_max_wait_ms)
         try:
             await self._consumer.start()
         except KafkaError as exc:
@@ -189,10 +205,41 @@ class BatchConsumer(AsyncResource):
                 await asyncio.gather(fetch, return_exceptions=True)
                 break
             batch: Batch = fetch.result()
+            self._pace(bool(batch))
             if batch:
                 await self._process(batch)
         async with self._lock:
             await self._settle()
+
+    @property
+    def fetch_wait_ms(self) -> int | None:
+        """The wait the client asks the broker for in its fetches now (None: not running)."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        wait = getattr(fetcher, "_fetch_max_wait_ms", None)
+        return None if wait is None else int(wait)
+
+    def _pace(self, got_records: bool) -> None:
+        """Poll slower after a quiet spell, fast again once records come (see the module)."""
+        if not self._idle_fetch:
+            return
+        s = self._settings
+        now = time.monotonic()
+        if got_records:
+            self._last_record = now
+            if self._idle:
+                self._idle = False
+                self._set_fetch_wait(s.kafka_fetch_max_wait_ms)
+        elif not self._idle and now - self._last_record >= s.kafka_idle_after_s:
+            self._idle = True
+            self._set_fetch_wait(s.kafka_idle_fetch_max_wait_ms)
+
+    def _set_fetch_wait(self, ms: int) -> None:
+        # aiokafka reads the wait from its fetcher each time it builds a fetch request;
+        # it has no public setter (an aiokafka without the attribute keeps its wait)
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+            fetcher._fetch_max_wait_ms = ms
+            FETCH_WAIT.labels(self.group_id).set(ms)
 
     async def _process(self, batch: Batch) -> None:
         assert self._consumer is not None

@@ -266,9 +266,11 @@ async def scanner_service(
                 await control.catch_up(worker.on_control)
                 follow_stop = asyncio.Event()
                 follow = asyncio.create_task(control.follow(worker.on_control, follow_stop))
+                # (scan requests always poll fast: a scan is picked up within the short
+                # wait however long the system was quiet)
                 consumer = BatchConsumer(
                     settings, [topic_name(p, "scan.requests")], group_name(p, "scanner"),
-                    worker, max_records=settings.scan_queue_max,
+                    worker, max_records=settings.scan_queue_max, idle_fetch=False,
                 )  # fmt: skip
                 tasks = BatchConsumer(
                     settings, [topic_name(p, "scan.tasks")], group_name(p, "scanner-tasks"),

@@ -8,7 +8,7 @@ import orjson
 
 from technic_stream.kafka import DLQ_HEADERS, BatchConsumer, Producer
 from technic_stream.messages import Bar, encode
-from tests.integration.helpers import BarCollector, read_topic
+from tests.integration.helpers import BarCollector, eventually, read_topic
 
 
 def bar(symbol: str, i: int, **changes: object) -> Bar:
@@ -258,3 +258,38 @@ async def test_a_batch_handed_back_unwritten_is_committed_only_once_written(sett
             c.stop()
             await asyncio.wait_for(run, 10)
     assert c.records_processed == 10
+
+
+async def test_a_quiet_consumer_polls_slower_and_fast_again_once_records_come(settings):
+    """After ``kafka_idle_after_s`` without a record the fetch wait is the idle one; the
+    next record is still consumed, and the wait is the short one again; a consumer made
+    with ``idle_fetch=False`` keeps the short wait."""
+    s = settings.model_copy(update={"kafka_idle_after_s": 0.3, "kafka_fetch_timeout_ms": 50,
+                                    "kafka_idle_fetch_max_wait_ms": 80})  # fmt: skip
+    topic = f"{s.topic_prefix}md.bars"
+
+    async def waits() -> int | None:
+        return c.fetch_wait_ms
+
+    async def got() -> int:
+        return min(len(handler.bars), len(fast.bars))
+
+    async with Producer(s) as producer:
+        handler = BarCollector(s, producer)
+        fast = BarCollector(s, producer)
+        async with (
+            BatchConsumer(s, [topic], f"g-{s.topic_prefix}", handler) as c,
+            BatchConsumer(s, [topic], f"f-{s.topic_prefix}", fast, idle_fetch=False) as f,
+        ):
+            runs = [asyncio.create_task(c.run()), asyncio.create_task(f.run())]
+            assert c.fetch_wait_ms == f.fetch_wait_ms == s.kafka_fetch_max_wait_ms
+            await eventually(waits, lambda ms: ms == 80, "the idle wait")
+            assert f.fetch_wait_ms == s.kafka_fetch_max_wait_ms  # as quiet, still fast
+            await producer.send(topic, encode(bar("AAPL", 1)), key=b"AAPL")
+            await producer.flush()
+            await eventually(got, lambda n: n == 1, "the record")
+            assert c.fetch_wait_ms == s.kafka_fetch_max_wait_ms
+            c.stop()
+            f.stop()
+            await asyncio.gather(*runs)
+    assert handler.bars == fast.bars == [bar("AAPL", 1)]
