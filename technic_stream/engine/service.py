@@ -538,10 +538,13 @@ class EngineService:
     # Rules ------------------------------------------------------------------------
 
     async def on_rule_records(self, records: list[Any]) -> None:
-        """Apply ``alerts.rules`` records (upserts and tombstones) in order."""
+        """Apply ``alerts.rules`` records (upserts and tombstones) in order: the books are
+        fitted to the new rules (new indicators warmed) once for the records, then every
+        version is armed in the gate, in order, in one round trip."""
         async with self.lock:
             await self._drain()  # the batch before sees the rules it was computed with
             changed: set[str] = set()
+            arms: list[tuple[str, int, str, str]] = []  # (rule id, version, status, reason)
             for record in records:
                 rule_id = record.key.decode("utf-8", "replace") if record.key else None
                 if record.value is None:
@@ -565,19 +568,22 @@ class EngineService:
                 if rule.status == "error":
                     log.warning("alert rule rejected",
                                 extra={"rule_id": msg.rule_id, "reason": rule.reason})  # fmt: skip
-                    await self.gate.arm(msg.rule_id, msg.ts, "error", rule.reason)
+                    arms.append((msg.rule_id, msg.ts, "error", rule.reason))
                     await self._dlq_once(record, MessageDecodeError(rule.reason))
                     continue
-                # warm what the rule needs before it is armed
-                replayed = self._fit(changed)
-                status, reason = await self.gate.arm(msg.rule_id, msg.ts)
-                self.rules.set_status(msg.rule_id, status, reason)
+                arms.append((msg.rule_id, msg.ts, ACTIVE, ""))
+            replayed = self._fit(changed)  # warm what the rules need before they are armed
+            for (rule_id, version, asked, _), (status, reason) in zip(
+                arms, await self.gate.arm_many(arms), strict=True
+            ):
+                if asked == "error":
+                    continue
+                self.rules.set_status(rule_id, status, reason)
                 log.info(
                     "alert rule loaded",
-                    extra={"rule_id": msg.rule_id, "tf": msg.tf, "status": status,
+                    extra={"rule_id": rule_id, "version": version, "status": status,
                            "warmup_bars": replayed},
                 )  # fmt: skip
-            self._fit(changed)
             self._count_rules()
 
     def _fit(self, tfs: set[str]) -> int:

@@ -194,7 +194,7 @@ class AlertGate:
         self.decision_ttl_s = decision_ttl_s
         self._script = Script(_GATE)
         self.scripts = (self._script,)
-        self._arm = redis.register_script(_ARM)
+        self._arm = Script(_ARM)
 
     def rule_key(self, rule_id: str) -> str:
         return f"{self._prefix}rule:{rule_id}"
@@ -255,11 +255,19 @@ class AlertGate:
         self, rule_id: str, version: int, status: str = "active", reason: str = ""
     ) -> tuple[str, str]:
         """Register version ``version`` of a rule; return its (status, reason) after."""
-        base = self.rule_key(rule_id)
-        st, rs = await self._arm(
-            keys=[base, f"{base}:fires", f"{base}:last"], args=[version, status, reason]
-        )
-        return _s(st), _s(rs)
+        (got,) = await self.arm_many([(rule_id, version, status, reason)])
+        return got
+
+    async def arm_many(self, rules: Sequence[tuple[str, int, str, str]]) -> list[tuple[str, str]]:
+        """:meth:`arm` for each (rule id, version, status, reason), in order, in one round
+        trip; the (status, reason) of each after its call."""
+        calls = []
+        for rule_id, version, status, reason in rules:
+            base = self.rule_key(rule_id)
+            keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
+            calls.append(self._arm.call(keys, [version, status, reason]))
+        replies = await execute(self._redis, calls, scripts=(self._arm,))
+        return [(_s(st), _s(rs)) for st, rs in replies]
 
     async def set_status(self, rule_id: str, status: str, reason: str) -> None:
         """Record a status the engine decided itself (expired)."""
