@@ -42,6 +42,7 @@ from technic_stream.messages import (
     Timeframe,
     encode,
 )
+from technic_stream.redis.resp import execute
 from technic_stream.rules import RuleError, parse_rule
 from technic_stream.storage.scans import request_doc, store_symbols
 from technic_stream.topics import topic_name
@@ -305,14 +306,15 @@ async def indicators(request: web.Request) -> web.Response:
     gw = _gw(request)
     tf = _tf(request.match_info["tf"])
     symbol = request.match_info["symbol"]
-    raw = await gw.redis.hgetall(f"{gw.settings.redis_prefix}ind:{tf}:{symbol}")
-    if not raw:
+    # (the lean pipeline path: this is the most frequent request of all)
+    (flat,) = await execute(gw.redis, [("HGETALL", f"{gw.settings.redis_prefix}ind:{tf}:{symbol}")])
+    if not flat:
         raise Problem(404, "Not Found", f"no values for {symbol[:40]} on {tf}")
     values: dict[str, float | None] = {}
-    for k, v in raw.items():
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    for k, v in pairs:  # (a map in RESP3, a flat list in RESP2)
         f = float(v)
-        name = k.decode() if isinstance(k, bytes) else k
-        values[name] = f if math.isfinite(f) else None
+        values[k.decode()] = f if math.isfinite(f) else None
     return _json({"symbol": symbol, "tf": tf, "values": values})
 
 
@@ -416,10 +418,10 @@ async def _publish(gw: Gateway, topic: str, key: str, value: bytes | None) -> No
 
 async def _rule_status(gw: Gateway, rule_ids: list[str]) -> list[dict[str, Any]]:
     prefix = gw.settings.redis_prefix
-    async with gw.redis.pipeline(transaction=False) as pipe:
-        for rid in rule_ids:
-            pipe.hmget(f"{prefix}rule:{rid}", ["status", "reason", "fired", "last_fired_ms"])
-        rows = await pipe.execute()
+    rows = await execute(gw.redis, [
+        ("HMGET", f"{prefix}rule:{rid}", "status", "reason", "fired", "last_fired_ms")
+        for rid in rule_ids
+    ])  # fmt: skip
     out = []
     for status, reason, fired, last in rows:
         out.append(
