@@ -23,6 +23,7 @@ from technic_stream.gateway.session import Subscription, Tally
 from technic_stream.kafka import Producer
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.interest import ChannelInterest
+from technic_stream.redis.resp import AutoPipeline
 
 if TYPE_CHECKING:
     from technic_stream.gateway.ws import _Session
@@ -70,12 +71,15 @@ class Gateway:
         self.tokens = Tokens(settings)
         self.keys = ApiKeys(self.db)
         self.access = ChannelAccess(self.scan_owner)
+        # the rate-limit decisions of one loop turn go to Redis in one write
+        self.pipe = AutoPipeline(redis)
         self.rest_limit = RateLimiter(
             redis,
             prefix,
             "rest",
             rate=settings.gateway_rest_rate,
             burst=settings.gateway_rest_burst,
+            pipeline=self.pipe,
         )
         self.subscribe_limit = RateLimiter(
             redis,
@@ -83,6 +87,7 @@ class Gateway:
             "subscribe",
             rate=settings.gateway_subscribe_rate,
             burst=settings.gateway_subscribe_burst,
+            pipeline=self.pipe,
         )
         self._per_key: Counter[str] = Counter()
         self._sessions: set[_Session] = set()

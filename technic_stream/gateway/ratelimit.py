@@ -6,20 +6,19 @@ say how long until there would be. Key: ``{prefix}rl:{limit}:{subject}`` (a hash
 expires once the bucket would be full again).
 
 The decisions asked for in one turn of the event loop go to Redis together, in one
-write (one script call each): under load every request asks for one, and a round trip
-apiece was a send, a wake-up and a receive on both sides for a few bytes.
+write (one script call each, through an :class:`~technic_stream.redis.resp.AutoPipeline`
+shared with the gateway's other reads): under load every request asks for one, and a
+round trip apiece was a send, a wake-up and a receive on both sides for a few bytes.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from technic_stream.gateway import metrics as m
-from technic_stream.redis.resp import Script, execute
+from technic_stream.redis.resp import AutoPipeline, Script
 
 __all__ = ["Decision", "RateLimiter"]
 
@@ -53,45 +52,25 @@ class Decision:
 
 class RateLimiter:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str, name: str, *, rate: float, burst: int
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        name: str,
+        *,
+        rate: float,
+        burst: int,
+        pipeline: AutoPipeline | None = None,
     ) -> None:
-        self._redis = redis
+        self._pipe = pipeline or AutoPipeline(redis)
         self._prefix = f"{prefix}rl:{name}:"
         self.name = name
         self.rate = rate
         self.burst = burst
         self._script = Script(_BUCKET)
-        self._queue: list[tuple[str, int, asyncio.Future[Any]]] = []
-        self._flush: asyncio.Future[None] | None = None
 
     async def take(self, subject: str, cost: int = 1) -> Decision:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((subject, cost, fut))
-        if self._flush is None:  # the first ask of this loop turn: send them all next turn
-            self._flush = asyncio.ensure_future(self._send())
-        allowed, retry_ms, remaining = (int(x) for x in await fut)
+        call = self._script.call([self._prefix + subject], [self.rate, self.burst, cost])
+        allowed, retry_ms, remaining = (int(x) for x in await self._pipe(call, self._script))
         if not allowed:
             m.RATE_LIMITED.labels(self.name).inc()
         return Decision(bool(allowed), retry_ms / 1000, remaining)
-
-    async def _send(self) -> None:
-        batch, self._queue, self._flush = self._queue, [], None
-        try:
-            replies = await execute(
-                self._redis,
-                [self._script.call([self._prefix + s], [self.rate, self.burst, c])
-                 for s, c, _ in batch],
-                scripts=(self._script,),
-            )  # fmt: skip
-        except asyncio.CancelledError:
-            for _, _, fut in batch:
-                fut.cancel()
-            raise
-        except Exception as exc:  # every ask of the batch fails as the call did
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, _, fut), reply in zip(batch, replies, strict=True):
-            if not fut.done():  # (a request cancelled meanwhile)
-                fut.set_result(reply)

@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - another redis-py layout: read_response
 
 
 __all__ = [
-    "Arg", "Command", "InlineHset", "Script", "execute", "hmget_table", "pack", "pack_args",
+    "Arg", "AutoPipeline", "Command", "InlineHset", "Script", "execute", "execute_each",
+    "hmget_table", "pack", "pack_args",
 ]  # fmt: skip
 
 Arg = bytes | str | int | float
@@ -134,6 +135,21 @@ async def execute(
     A reply that is an error raises it (after every reply is read, so the connection
     stays in step); ``NOSCRIPT`` for one of ``scripts`` is handled (see the module).
     """
+    replies = await execute_each(redis, commands, scripts=scripts)
+    for r in replies:
+        if isinstance(r, ResponseError):
+            raise r
+    return replies
+
+
+async def execute_each(
+    redis: aioredis.Redis,
+    commands: Sequence[Command],
+    *,
+    scripts: Sequence[Script] = (),
+) -> list[Any]:
+    """:func:`execute`, with an error reply returned in its command's place (a
+    ``ResponseError``) instead of raised; a connection error still raises."""
     if not commands:
         return []
     replies = await _roundtrip(redis, pack(commands), len(commands))
@@ -144,10 +160,65 @@ async def execute(
         again = await _roundtrip(redis, pack([commands[i] for i in missing]), len(missing))
         for i, r in zip(missing, again, strict=True):
             replies[i] = r
-    for r in replies:
-        if isinstance(r, ResponseError):
-            raise r
     return replies
+
+
+class AutoPipeline:
+    """Commands asked for in one turn of the event loop, sent to Redis in one write.
+
+    A server answering many small requests at once makes a round trip per request
+    otherwise — on this project's VM ~200 µs of the client's CPU each, mostly the
+    send, the wake-up and the receive. Each caller awaits its own reply (an error reply
+    raises for that caller only; a connection error for every command of the write).
+    Commands keep their order within a write; writes may overlap, so two commands
+    whose order matters go in one :meth:`many`.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._queue: list[tuple[Command, Script | None, asyncio.Future[Any]]] = []
+        self._flush: asyncio.Future[None] | None = None
+        self.writes = 0  # (for tests and metrics: writes sent, commands queued)
+        self.commands = 0
+
+    async def __call__(self, command: Command, script: Script | None = None) -> Any:
+        """``command``'s reply; ``script``: the one it calls (reloaded on ``NOSCRIPT``)."""
+        return await self._enqueue(command, script)
+
+    async def many(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands, adjacent and in order in one write."""
+        return list(await asyncio.gather(*[self._enqueue(c, None) for c in commands]))
+
+    def _enqueue(self, command: Command, script: Script | None) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, script, fut))
+        if self._flush is None:  # the first command of this turn: send them all next turn
+            self._flush = asyncio.ensure_future(self._send())
+        return fut
+
+    async def _send(self) -> None:
+        batch, self._queue, self._flush = self._queue, [], None
+        self.writes += 1
+        self.commands += len(batch)
+        try:
+            scripts = list({id(s): s for _, s, _ in batch if s is not None}.values())
+            replies = await execute_each(self._redis, [c for c, _, _ in batch], scripts=scripts)
+        except asyncio.CancelledError:
+            for _, _, fut in batch:
+                fut.cancel()
+            raise
+        except Exception as exc:  # the write failed: every command of it fails as it did
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, _, fut), reply in zip(batch, replies, strict=True):
+            if fut.done():  # (a caller cancelled meanwhile)
+                continue
+            if isinstance(reply, ResponseError):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
 
 
 async def hmget_table(

@@ -4,6 +4,7 @@ come back in order, errors surface after every reply is read, NOSCRIPT is recove
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from technic_stream.redis import redis_client
-from technic_stream.redis.resp import InlineHset, Script, execute, hmget_table
+from technic_stream.redis.resp import AutoPipeline, InlineHset, Script, execute, hmget_table
 
 
 @pytest.fixture
@@ -95,3 +96,26 @@ async def test_hmget_table_raises_on_a_key_that_is_not_a_hash(settings, redis):
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await hmget_table(redis, [key], ["ts"])
     assert await redis.get(key) == b"x"  # the connection is still in step
+
+
+async def test_the_commands_of_one_loop_turn_go_in_one_write_each_with_its_reply(settings, redis):
+    """An AutoPipeline sends what is asked in one turn together; every caller gets its
+    own reply, an error reply fails only its caller, a flushed script is reloaded."""
+    pipe = AutoPipeline(redis)
+    key = f"{settings.redis_prefix}ap"
+    await redis.set(key, "x")
+    script = Script("return tonumber(ARGV[1]) * 2")
+    await redis.script_flush()
+    got = await asyncio.gather(
+        *(pipe(("INCRBY", f"{key}:n", i)) for i in range(1, 51)),
+        pipe(("HGET", key, "f")),  # WRONGTYPE: a string, not a hash
+        pipe(script.call([], [21]), script),
+        pipe.many([("SET", f"{key}:a", "1"), ("GET", f"{key}:a")]),
+        return_exceptions=True,
+    )
+    assert (pipe.writes, pipe.commands) == (1, 54)
+    assert got[:50] == [i * (i + 1) // 2 for i in range(1, 51)]  # in order: running sums
+    assert isinstance(got[50], ResponseError) and "WRONGTYPE" in str(got[50])
+    assert got[51] == 42
+    assert got[52] == [b"OK", b"1"]  # (raw replies, as the server sends them)
+    assert await pipe(("GET", key)) == b"x" and pipe.writes == 2
