@@ -7,7 +7,7 @@ expires once the bucket would be full again).
 
 The decisions asked for in one turn of the event loop go to Redis together, in one
 write (one script call each, through an :class:`~technic_stream.redis.resp.AutoPipeline`
-shared with the gateway's other reads): under load every request asks for one, and a
+the gateway's two limiters share): under load every request asks for one, and a
 round trip apiece was a send, a wake-up and a receive on both sides for a few bytes.
 """
 

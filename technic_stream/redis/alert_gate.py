@@ -251,16 +251,10 @@ class AlertGate:
                 out[i] = GateVerdict(f in "1R", st, rs, k + 1 == changed, f in "Rr")
         return out
 
-    async def arm(
-        self, rule_id: str, version: int, status: str = "active", reason: str = ""
-    ) -> tuple[str, str]:
-        """Register version ``version`` of a rule; return its (status, reason) after."""
-        (got,) = await self.arm_many([(rule_id, version, status, reason)])
-        return got
-
     async def arm_many(self, rules: Sequence[tuple[str, int, str, str]]) -> list[tuple[str, str]]:
-        """:meth:`arm` for each (rule id, version, status, reason), in order, in one round
-        trip; the (status, reason) of each after its call."""
+        """Register each (rule id, version, status, reason), in order, in one round trip:
+        a newer version re-arms its rule, an older or equal one changes nothing. Returns
+        the rule's (status, reason) after each."""
         calls = []
         for rule_id, version, status, reason in rules:
             base = self.rule_key(rule_id)
