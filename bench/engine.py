@@ -121,23 +121,26 @@ async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict
     engine = engine_child(settings, workdir / f"engine-{settings.topic_prefix}log")
     await engine.start()
     try:
-        samples: list[tuple[float, float]] = []
+        samples: list[tuple[float, float, float]] = []
 
         async def progressed() -> bool:
-            n = await engine.metric("technic_engine_bars_total")
+            got = await engine.metrics("technic_engine_bars_total", "process_cpu_seconds_total")
+            n = got["technic_engine_bars_total"]
             if n > 0:
-                samples.append((time.perf_counter(), n))
+                samples.append((time.perf_counter(), n, got["process_cpu_seconds_total"]))
             return n >= total
 
-        # (a scrape every 100 ms: at 20 ms, rendering /metrics took ~7 % of the engine's time)
-        await until(progressed, "the engine to process every bar", every=0.1)
-        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        # (the two samples alone: rendering all of /metrics every 100 ms took ~5 % of the
+        # engine's time, and every 20 ms ~7 % at a third of today's rate)
+        await until(progressed, "the engine to process every bar", every=0.05)
+        (t0, n0, c0), (t1, n1, c1) = samples[0], samples[-1]
         fired = await engine.metric('technic_engine_alerts_total{outcome="fired"}')
         errors = await engine.metric('technic_engine_rules{status="error"}')
         if errors:
             raise RuntimeError(f"{errors:.0f} bench rules were rejected:\n{engine.log_tail()}")
         return {
             "bars_s": (n1 - n0) / (t1 - t0),
+            "cpu_us_per_bar": (c1 - c0) / max(n1 - n0, 1) * 1e6,
             "seconds": t1 - t0,
             "alerts": fired,
             "first_sample": n0,
@@ -480,15 +483,16 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], la
     print(f"# engine — {platform.processor() or platform.machine()}, {args.symbols:,} symbols"
           f" x {args.steps} bars (~{total:,}), 8 partitions, runs: ours {args.repeats},"
           f" the peer {min(args.peer_repeats, args.repeats)}\n")  # fmt: skip
-    print("| contender | bars/s (median) | runs | alerts |")
-    print("|---|---:|---|---:|")
+    print("| contender | bars/s (median) | runs | its CPU µs a bar | alerts |")
+    print("|---|---:|---|---|---:|")
     names = {"ours bars": "technic-stream engine, JSON bar per message",
              "ours batch": "technic-stream engine, BarBatch",
              "quix": f"Quix Streams + talipp ({args.peer_set}), JSON bar per message"}  # fmt: skip
     for key, runs in rows.items():
         xs = [r["bars_s"] for r in runs]
+        cpu = ", ".join(f"{r['cpu_us_per_bar']:.2f}" for r in runs if "cpu_us_per_bar" in r)
         print(f"| {names[key]} | {med(xs):,.0f} | {', '.join(f'{x:,.0f}' for x in xs)} "
-              f"| {runs[-1]['alerts']:,.0f} |")  # fmt: skip
+              f"| {cpu or '—'} | {runs[-1]['alerts']:,.0f} |")  # fmt: skip
     if "quix" in rows and "ours bars" in rows:
         ratio = med([r["bars_s"] for r in rows["ours bars"]]) / med(
             [r["bars_s"] for r in rows["quix"]]

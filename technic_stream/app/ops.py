@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from technic_stream.lifecycle import AsyncResource
 
@@ -74,8 +74,14 @@ class OpsServer(AsyncResource):
         }
         return web.json_response(body, status=200 if not failed else 503)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # ``?name[]=a&name[]=b``: only those samples, as prometheus_client's own handler
+        # allows (a frequent poller of one counter need not render the whole registry)
+        names = request.query.getall("name[]", [])
+        registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def aclose(self) -> None:
         runner, self._runner = self._runner, None
