@@ -110,7 +110,9 @@ class Archiver:
         await self._retrying.ready()
 
     async def on_batch(self, batch: Batch) -> None:
-        bars, results, alerts = [], [], []
+        bars: list[Any] = []
+        results: list[Any] = []
+        alerts: list[Any] = []
         for tp, records in batch.items():
             if tp.topic == self.bars_topic:
                 bars.extend(records)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+from prometheus_client import REGISTRY
 
 from technic_stream.kafka import DLQ_HEADERS, BatchConsumer, Producer
 from technic_stream.messages import Bar, encode
@@ -293,3 +294,59 @@ async def test_a_quiet_consumer_polls_slower_and_fast_again_once_records_come(se
             f.stop()
             await asyncio.gather(*runs)
     assert handler.bars == fast.bars == [bar("AAPL", 1)]
+
+
+class _Raw:
+    """A BatchHandler that keeps every record as it came, and how each partition's came."""
+
+    def __init__(self, stop_after: int) -> None:
+        self.stop_after = stop_after
+        self.consumer: BatchConsumer | None = None
+        self.records: list[tuple[int, int, bytes | None, bytes | None, int]] = []
+        self.kinds: set[tuple[int, str]] = set()
+
+    async def on_batch(self, batch):
+        for tp, records in batch.items():
+            self.kinds.add((tp.partition, type(records).__name__))
+            self.records += [(tp.partition, r.offset, r.key, r.value, r.timestamp)
+                             for r in records]  # fmt: skip
+        if len(self.records) >= self.stop_after and self.consumer is not None:
+            self.consumer.stop()
+
+    async def on_assigned(self, partitions):
+        pass
+
+    async def on_revoked(self, partitions):
+        pass
+
+
+async def test_a_block_consumer_gets_the_records_a_plain_one_gets(settings):
+    """``blocks=True``: each partition's records framed from the fetch (a RecordChain),
+    the same offsets, keys, values and timestamps as aiokafka's records — and a fetch
+    holding a record with headers, which the framer leaves, read by aiokafka instead."""
+    topic = f"{settings.topic_prefix}md.bars"
+    framed = ("technic_kafka_block_fetches_total", {"read": "framed"})
+    by_record = ("technic_kafka_block_fetches_total", {"read": "records"})
+    before = [REGISTRY.get_sample_value(*m) or 0.0 for m in (framed, by_record)]
+    async with Producer(settings) as producer:
+        for i in range(300):
+            key = None if i % 50 == 7 else f"S{i % 40}".encode()
+            await producer.send(topic, None if i % 90 == 3 else encode(bar("X", i)), key=key)
+        await producer.send(topic, b"with headers", key=b"S0", headers=[("h", b"1")])
+        assert await producer.flush() == 301
+    got = {}
+    for blocks in (True, False):
+        handler = _Raw(stop_after=301)
+        group = f"{'b' if blocks else 'p'}-{settings.topic_prefix}"
+        async with BatchConsumer(settings, [topic], group, handler, blocks=blocks) as c:
+            handler.consumer = c
+            await run_until_done(c)
+        got[blocks] = handler
+    assert len(got[True].records) == 301
+    assert sorted(got[True].records) == sorted(got[False].records)
+    assert {k for _p, k in got[False].kinds} == {"list"}
+    assert "RecordChain" in {k for _p, k in got[True].kinds}
+    s0 = next(p for p, _o, key, value, _t in got[True].records if value == b"with headers")
+    assert (s0, "list") in got[True].kinds  # its partition's fetch: aiokafka's records
+    after = [REGISTRY.get_sample_value(*m) or 0.0 for m in (framed, by_record)]
+    assert after[0] > before[0] and after[1] > before[1]
