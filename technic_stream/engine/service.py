@@ -57,6 +57,7 @@ from technic_stream.errors import ConfigError, MessageDecodeError
 from technic_stream.indicators.registry import IndicatorError, parse_indicators
 from technic_stream.indicators.state import StateVersionError
 from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer, TopicPartition
+from technic_stream.kafka.blocks import chain_of
 from technic_stream.kafka.follower import TopicFollower
 from technic_stream.marketdata.decode import BarRows, decode_bar_records, warm_decoder
 from technic_stream.messages import AlertRule, alert_id, decode
@@ -245,8 +246,9 @@ class EngineService:
             # of the decoding of the small batches that low latency brings
             t = time.perf_counter()
             parts = list(batch.items())
+            chain = chain_of([records for _tp, records in parts])
             decoded, bad = decode_bar_records(
-                [r for _tp, records in parts for r in records],
+                chain if chain is not None else [r for _tp, records in parts for r in records],
                 max_bytes=self.settings.max_message_bytes,
             )
             for record, reason in bad:
@@ -758,7 +760,7 @@ async def engine_service(
                 )
                 consumer = BatchConsumer(
                     settings, [handler.bars_topic], handler.group, handler,
-                    max_records=settings.engine_batch_max,
+                    max_records=settings.engine_batch_max, blocks=True,
                 )  # fmt: skip
                 handler.consumer = consumer
                 ops.checks["engine"] = consumer_ready(consumer)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from technic_stream.kafka.blocks import RecordChain
 from technic_stream.kafka.dlq import KafkaRecord
 from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bars, same_bytes_nb
 from technic_stream.messages import MAX_BATCH_ROWS, MAX_TS_MS, TIMEFRAMES
@@ -292,15 +293,21 @@ def warm_decoder() -> None:
     decode_bar_records([_Sample(bar + b'"close":1,"volume":1}'), _Sample(b"{}")])
 
 
+def _joined_values(records: Sequence[KafkaRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """The records' values end to end (a null one empty) and their ``len + 1`` starts."""
+    if isinstance(records, RecordChain):  # framed from the fetch: no object per record
+        return records.values()
+    values = [b"" if r.value is None else r.value for r in records]
+    starts = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=starts[1:])
+    return np.frombuffer(b"".join(values), dtype=np.uint8), starts
+
+
 def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows, list[int]]:
     """The records the numba parser reads with certainty, as rows (their indices in
     ``record``), and the indices of the others."""
-    values = [b"" if r.value is None else r.value for r in records]
-    n = len(values)
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=n), out=starts[1:])
-    joined = b"".join(values)
-    buf = np.frombuffer(joined, dtype=np.uint8)
+    n = len(records)
+    buf, starts = _joined_values(records)
     ok, ts, cols, tf, sym_at, sym_hash = parse_bars(buf, starts)
     ok &= np.diff(starts) <= max_bytes
     idx = np.flatnonzero(ok)
@@ -312,7 +319,8 @@ def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows,
     at = sym_at[idx]
     if not same_bytes_nb(buf, at, first[inverse]):
         return _no_rows(), list(range(n))
-    names = np.array([joined[a:b].decode("ascii") for a, b in at[first].tolist()], dtype=object)
+    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in at[first].tolist()],
+                     dtype=object)  # fmt: skip
     rows = BarRows(idx.astype(np.int64), _TF_NAMES[tf[idx]], names[inverse], ts[idx],
                    *(c[idx] for c in cols))  # fmt: skip
     return rows, rest

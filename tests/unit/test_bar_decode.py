@@ -6,13 +6,16 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
+from aiokafka.structs import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
 from technic_stream.errors import MessageDecodeError
+from technic_stream.kafka.blocks import FetchBlocks, RecordChain, chain_of
 from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
 from technic_stream.messages import Bar, BarBatch, Trade, decode
 from tests.unit.test_messages import BAR
+from tests.unit.test_record_blocks import batch, partition_records
 
 
 @dataclass
@@ -289,3 +292,34 @@ def test_the_wire_parser_knows_the_contracts_timeframes():
     from technic_stream.messages import TIMEFRAMES
 
     assert TIMEFRAME_NAMES == TIMEFRAMES
+
+
+def test_records_framed_from_a_fetch_decode_as_the_same_records_do():
+    """The engine's records come as a RecordChain (framed from the fetch's bytes, across
+    partitions): every column, row order and rejection is what the same records give
+    as objects, and a rejected one is the record itself, key and offset included."""
+    batch_msg = {"type": "bar_batch", "v": 1, "tf": "1m", "symbols": ["B1", "B2"],
+                 "ts": [GOOD["ts"], GOOD["ts"]], "open": [5.0, 6.0], "high": [5.0, 6.0],
+                 "low": [5.0, 6.0], "close": [5.0, 6.0], "volume": [1.0, 2.0]}  # fmt: skip
+    values = [
+        orjson.dumps({**GOOD, "symbol": "A1"}), orjson.dumps(batch_msg), None,
+        orjson.dumps({**GOOD, "symbol": "A2", "close": 10.300000000000002}),
+        orjson.dumps({**GOOD, "symbol": "A3", "high": 1.0}), b"{not json",
+        *(orjson.dumps({**GOOD, "symbol": f"C{i}", "volume": 100.0 + i}) for i in range(40)),
+    ]  # fmt: skip
+    parts = []
+    for p, chunk in enumerate((values[:20], values[20:])):
+        data = batch(1_000 * p, [(b"k%d" % i, v, i) for i, v in enumerate(chunk)])
+        items, _ = partition_records(data, 1_000 * p, FetchBlocks(7))
+        parts.append(RecordChain(items))
+    chain = chain_of(parts)
+    assert chain is not None and len(chain) == len(values)
+    as_objects = [r for part in parts for r in part]
+    rows, bad = decode_bar_records(chain)
+    want_rows, want_bad = decode_bar_records(as_objects)
+    for col in ("record", "tf", "symbol", "ts", "open", "high", "low", "close", "volume"):
+        assert getattr(rows, col).tolist() == getattr(want_rows, col).tolist(), col
+    assert [(r, why) for r, why in bad] == [(r, why) for r, why in want_bad]
+    assert sorted((r.offset, r.key) for r, _ in bad) == [(2, b"k2"), (4, b"k4"), (5, b"k5")]
+    assert len(rows) == len(values) - 3 + 1  # the BarBatch holds two
+    assert TopicPartition(bad[0][0].topic, bad[0][0].partition) == TopicPartition("t", 3)
