@@ -193,8 +193,8 @@ def gather_values(buf, at, length, out, start):
     for i in range(len(at)):
         starts[i] = w
         a = at[i]
-        for j in range(max(length[i], 0)):
-            out[w + j] = buf[a + j]
-        w += max(length[i], 0)
+        n = max(length[i], 0)
+        out[w : w + n] = buf[a : a + n]
+        w += n
     starts[len(at)] = w
     return starts
