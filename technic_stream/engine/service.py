@@ -212,6 +212,7 @@ class EngineService:
         self.restored_from: dict[TopicPartition, int] = {}
         self._hsets: dict[tuple[str, ...], InlineHset] = {}
         self._inflight: asyncio.Task[None] | None = None  # the last batch's writes
+        self._alerts_out: asyncio.Future[None] | None = None  # ... and its alerts step
         # Redis away: a batch's writes wait for it (idempotent: the hashes are set again,
         # the gate answers a replayed alert id with its recorded decision)
         self.redis_writes = Retrier("Redis", REDIS_ERRORS, stop=self.stop)
@@ -285,30 +286,53 @@ class EngineService:
             stages["checkpoint"] += _lap(t)
             writes = _Writes(batch, pending, gate_reqs, groups, len(gate_calls),
                              [*gate_calls, *values], snapshots, stages, started)  # fmt: skip
+            alerts_out = asyncio.get_running_loop().create_future()
             self._inflight = asyncio.create_task(
-                self._write(writes, self._inflight), name="engine-writes"
+                self._write(writes, self._inflight, self._alerts_out, alerts_out),
+                name="engine-writes",
             )
+            self._alerts_out = alerts_out
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
             return self._inflight
 
-    async def _write(self, w: _Writes, before: asyncio.Task[None] | None) -> None:
-        """One batch's round trips, after the batch before's: the gate's decisions (and
-        its channel appends) in one Redis pipeline and the firings to Kafka at once;
-        then, while the broker acks them, the hashes and the value channels in another
-        pipeline; then the due checkpoints. (One pipeline for both made every alert wait
-        for all of the batch's hashes.)"""
-        if before is not None:
-            await before
+    async def _write(
+        self,
+        w: _Writes,
+        before: asyncio.Task[None] | None,
+        before_alerts: asyncio.Future[None] | None,
+        alerts_out: asyncio.Future[None],
+    ) -> None:
+        """One batch's round trips: the gate's decisions (and its channel appends) in
+        one Redis pipeline and the firings to Kafka at once, once the batch before has
+        done the same (``alerts_out`` says when); then, once the batch before is written
+        whole, the hashes and the value channels in another pipeline while the broker
+        acks; then the due checkpoints. (One pipeline for both made every alert wait for
+        all of the batch's hashes; waiting for the batch before's hashes made every
+        alert wait for the last batch's.) Decisions, firings and hashes each keep the
+        batches' order; the gate's keys are not the hashes', so one may pass the other."""
         stages = w.stages
         gate_calls, values = w.commands[: w.gate_calls], w.commands[w.gate_calls :]
-        if gate_calls:
-            t = time.perf_counter()
-            replies = await self.redis_writes(
-                lambda: execute(self.redis, gate_calls, scripts=self._scripts)
-            )
-            verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies)
-            await self._fired(w.pending, w.gate_reqs, verdicts)
-            stages["alerts"] += _lap(t)
+        try:
+            if before_alerts is not None:
+                await before_alerts
+            if gate_calls:
+                t = time.perf_counter()
+                replies = await self.redis_writes(
+                    lambda: execute(self.redis, gate_calls, scripts=self._scripts)
+                )
+                verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies)
+                await self._fired(w.pending, w.gate_reqs, verdicts)
+                stages["alerts"] += _lap(t)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                alerts_out.cancel()
+            else:
+                alerts_out.set_exception(exc)
+                alerts_out.exception()  # the next batch re-raises it; nobody else must
+            raise
+        alerts_out.set_result(None)
+        if before is not None:
+            await before
         t = time.perf_counter()
         await self.redis_writes(lambda: execute(self.redis, values, scripts=self._scripts))
         stages["write"] += _lap(t)
@@ -331,6 +355,7 @@ class EngineService:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             await inflight
+            self._alerts_out = None
 
     def _apply(
         self,
