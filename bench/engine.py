@@ -483,16 +483,19 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, float]]], la
     print(f"# engine — {platform.processor() or platform.machine()}, {args.symbols:,} symbols"
           f" x {args.steps} bars (~{total:,}), 8 partitions, runs: ours {args.repeats},"
           f" the peer {min(args.peer_repeats, args.repeats)}\n")  # fmt: skip
-    print("| contender | bars/s (median) | runs | its CPU µs a bar | alerts |")
-    print("|---|---:|---|---|---:|")
-    names = {"ours bars": "technic-stream engine, JSON bar per message",
-             "ours batch": "technic-stream engine, BarBatch",
-             "quix": f"Quix Streams + talipp ({args.peer_set}), JSON bar per message"}  # fmt: skip
-    for key, runs in rows.items():
-        xs = [r["bars_s"] for r in runs]
-        cpu = ", ".join(f"{r['cpu_us_per_bar']:.2f}" for r in runs if "cpu_us_per_bar" in r)
-        print(f"| {names[key]} | {med(xs):,.0f} | {', '.join(f'{x:,.0f}' for x in xs)} "
-              f"| {cpu or '—'} | {runs[-1]['alerts']:,.0f} |")  # fmt: skip
+    if rows:
+        print("| contender | bars/s (median) | runs | its CPU µs a bar | alerts |")
+        print("|---|---:|---|---|---:|")
+        names = {
+            "ours bars": "technic-stream engine, JSON bar per message",
+            "ours batch": "technic-stream engine, BarBatch",
+            "quix": f"Quix Streams + talipp ({args.peer_set}), JSON bar per message",
+        }
+        for key, runs in rows.items():
+            xs = [r["bars_s"] for r in runs]
+            cpu = ", ".join(f"{r['cpu_us_per_bar']:.2f}" for r in runs if "cpu_us_per_bar" in r)
+            print(f"| {names[key]} | {med(xs):,.0f} | {', '.join(f'{x:,.0f}' for x in xs)} "
+                  f"| {cpu or '—'} | {runs[-1]['alerts']:,.0f} |")  # fmt: skip
     if "quix" in rows and "ours bars" in rows:
         ratio = med([r["bars_s"] for r in rows["ours bars"]]) / med(
             [r["bars_s"] for r in rows["quix"]]
