@@ -273,12 +273,38 @@ def install() -> bool:
         and callable(getattr(base, "_unpack_records", None))
         and all(hasattr(base, a) for a in ("__init__", "__next__"))
     )  # fmt: skip
-    if not known:
+    if not known or not _works():
         return False
     _fetcher.MemoryRecords = _KeptRecords
     _fetcher.PartitionRecords = _PartitionRecords
     _installed = True
     return True
+
+
+def _works() -> bool:
+    """Both kinds of consumer read a two-record batch right through the replacement
+    iterator, made the way this aiokafka's fetcher makes it (else: not installed)."""
+    try:
+        from aiokafka.record.default_records import DefaultRecordBatchBuilder
+        from aiokafka.structs import TopicPartition
+
+        builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 16)
+        builder.append(0, timestamp=1, key=b"k", value=b"v0", headers=[])
+        builder.append(1, timestamp=2, key=None, value=b"v1", headers=[])
+        data = bytes(builder.build())
+        tp = TopicPartition("self-test", 0)
+        got = []
+        for want in (FetchBlocks(10), None):
+            records = _PartitionRecords(tp, _KeptRecords(data), [], 0, None, want, True, 0)
+            got.append((list(records), records.next_fetch_offset))
+        (blocks, after), (plain, after_plain) = got
+        return (
+            len(blocks) == 1 and isinstance(blocks[0], RecordBlock)
+            and list(blocks[0]) == plain and after == after_plain == 2
+            and [(r.offset, r.key, r.value) for r in plain] == [(0, b"k", b"v0"), (1, None, b"v1")]
+        )  # fmt: skip
+    except Exception:  # an aiokafka this was not written against
+        return False
 
 
 def installed() -> bool:

@@ -181,3 +181,23 @@ def test_a_null_value_reads_as_an_empty_one_end_to_end():
     assert chain is not None and chain[1].value is None and chain[2].key is None
     joined, starts = chain.values()
     assert joined.tobytes() == b"xyz" and starts.tolist() == [0, 2, 2, 3]
+
+
+def test_blocks_are_not_installed_over_a_fetcher_they_were_not_written_for(monkeypatch):
+    """An aiokafka whose fetcher has another record iterator, or one the replacement
+    cannot read correctly through, keeps its own: block consumers then get records."""
+    from aiokafka.consumer import fetcher
+
+    class Foreign:
+        pass
+
+    monkeypatch.setattr(blocks, "_installed", False)
+    monkeypatch.setattr(fetcher, "PartitionRecords", Foreign)
+    assert blocks.install() is False
+    assert fetcher.PartitionRecords is Foreign and not blocks.installed()
+
+    def nothing(self):
+        return iter(())
+
+    monkeypatch.setattr(blocks._PartitionRecords, "_unpack_records", nothing)
+    assert blocks._works() is False
