@@ -520,20 +520,18 @@ class EngineService:
             names = book.output_names
             hset = self._hset(names)
             latest_arr = book.latest(rows)
-            infinite = set(np.flatnonzero(np.isinf(latest_arr).any(axis=1)).tolist())
+            last_arr = book.last_bar(rows)
+            syms = [book.names[r] for r in rows.tolist()]
+            hsets.extend(hset.many(
+                [f"{prefix}ind:{tf}:{sym}" for sym in syms], last_arr[:, 0].astype(np.int64),
+                np.hstack((last_arr[:, 1:], latest_arr)),
+            ))  # fmt: skip
+            if wanted is not None and not wanted:
+                continue  # no channel of this process's symbols is wanted
             latest = latest_arr.tolist()
-            last = book.last_bar(rows).tolist()
-            for i, (r, vals, bar) in enumerate(zip(rows.tolist(), latest, last, strict=True)):
-                sym = book.names[r]
+            last = last_arr.tolist()
+            for sym, vals, bar in zip(syms, latest, last, strict=True):
                 ts = int(bar[0])
-                key, row = f"{prefix}ind:{tf}:{sym}", [ts, *bar[1:], *vals]
-                if i in infinite:  # orjson would write it as NaN: the general form
-                    fields = hset.fields
-                    hsets.append(
-                        ["HSET", key, *(x for p in zip(fields, row, strict=True) for x in p)]
-                    )
-                else:
-                    hsets.append(hset.command(key, row))
                 ind_ch, bar_ch = f"ind.{tf}.{sym}", f"bars.{tf}.{sym}"
                 if wanted is None or ind_ch in wanted:
                     values_by_name = dict(zip(names, vals, strict=True))

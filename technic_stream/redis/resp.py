@@ -23,6 +23,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
+from technic_stream.kernels.inline import hset_lines
+
 try:  # redis-py's hiredis parser (private): replies read in C, see _read_hiredis
     from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 except ImportError:  # pragma: no cover - another redis-py layout: read_response per reply
@@ -92,6 +94,7 @@ class InlineHset:
         if any(not f or _WS.search(f) for f in fields):
             raise ValueError("inline field names must be non-empty words")
         self.fields = list(fields)
+        self._names = [f.encode() for f in fields]
         self._fmt = b"HSET %b " + b" ".join(f.encode() + b" %b" for f in fields) + b"\r\n"
 
     def command(self, key: str, values: Sequence[float | int]) -> Command:
@@ -102,6 +105,37 @@ class InlineHset:
         words = orjson.dumps(values).replace(b"null", b"nan")[1:-1].split(b",")
         line = self._fmt % (key.encode(), *words)
         return line if len(line) <= _INLINE_MAX else self.general(key, values)
+
+    def many(self, keys: Sequence[str], ts: np.ndarray, values: np.ndarray) -> list[Command]:
+        """:meth:`command` for each row — ``ts[i]`` (an integer) then ``values[i]`` — with
+        the lines assembled in one numba call over one orjson dump of ``values`` (half the
+        cost a row of the one-row form); the same bytes, row for row."""
+        n = len(keys)
+        if values.shape != (n, len(self.fields) - 1) or len(ts) != n:
+            raise ValueError(f"{n} keys, {len(ts)} ts and {values.shape} values for "
+                             f"{len(self.fields)} fields")  # fmt: skip
+        special = np.isinf(values).any(axis=1)
+        for i, key in enumerate(keys):
+            if not key or _WS.search(key):
+                special[i] = True
+        plain = np.flatnonzero(~special).tolist()
+        out: list[Command] = [b""] * n
+        made = hset_lines([keys[i].encode() for i in plain], self._names, ts[plain],
+                          values[plain]) if plain else None  # fmt: skip
+        if made is None:
+            special[plain] = True
+        else:
+            blob, at = made
+            for j, (i, a, b) in enumerate(zip(plain, at[:-1].tolist(), at[1:].tolist(),
+                                              strict=True)):  # fmt: skip
+                out[i] = (
+                    blob[a:b]
+                    if b - a <= _INLINE_MAX
+                    else self.general(keys[i], [int(ts[i]), *values[plain[j]].tolist()])
+                )
+        for i in np.flatnonzero(special).tolist():
+            out[i] = self.general(keys[i], [int(ts[i]), *values[i].tolist()])
+        return out
 
     def general(self, key: str, values: Sequence[float | int]) -> Command:
         """The same command as RESP arguments (numbers as ``repr``: ``inf`` stays inf)."""
