@@ -126,13 +126,11 @@ class InlineHset:
             special[plain] = True
         else:
             blob, at = made
-            for j, (i, a, b) in enumerate(zip(plain, at[:-1].tolist(), at[1:].tolist(),
-                                              strict=True)):  # fmt: skip
-                out[i] = (
-                    blob[a:b]
-                    if b - a <= _INLINE_MAX
-                    else self.general(keys[i], [int(ts[i]), *values[plain[j]].tolist()])
-                )
+            for i, a, b in zip(plain, at[:-1].tolist(), at[1:].tolist(), strict=True):
+                if b - a <= _INLINE_MAX:
+                    out[i] = blob[a:b]
+                else:
+                    special[i] = True
         for i in np.flatnonzero(special).tolist():
             out[i] = self.general(keys[i], [int(ts[i]), *values[i].tolist()])
         return out
