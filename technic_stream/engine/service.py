@@ -37,8 +37,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import orjson
@@ -50,6 +50,7 @@ from technic_stream.app.retry import REDIS_ERRORS, Retrier
 from technic_stream.app.runtime import settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
+from technic_stream.engine.alerts import AlertTemplate, alert_ids
 from technic_stream.engine.book import Applied, Book
 from technic_stream.engine.partition import PartitionState
 from technic_stream.engine.rules import ACTIVE, LiveRule, LiveRules, TimeframeRules, hits
@@ -60,9 +61,9 @@ from technic_stream.kafka import Batch, BatchConsumer, DeadLetterQueue, Producer
 from technic_stream.kafka.blocks import chain_of
 from technic_stream.kafka.follower import TopicFollower
 from technic_stream.marketdata.decode import BarRows, decode_bar_records, warm_decoder
-from technic_stream.messages import AlertRule, alert_id, decode
+from technic_stream.messages import AlertRule, decode
 from technic_stream.redis import redis_client
-from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateVerdict, new_request
+from technic_stream.redis.alert_gate import AlertGate, Candidates, Decision
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
 from technic_stream.redis.interest import ChannelInterest
@@ -129,18 +130,22 @@ class _Touched:
     rows: set[int] = field(default_factory=set)
 
 
-class _Pending(NamedTuple):
-    """A candidate on its way to the gate: what acting on its verdict needs."""
+@dataclass(slots=True)
+class _RuleAlerts:
+    """One rule's candidates of a batch, from every partition, in order: what the gate
+    decides in one call, and what acting on its verdicts needs."""
 
-    part: PartitionState
     rule: LiveRule
-    symbol: str
-    ts: int
     per_bar: bool  # once_per_bar(_close): marked in the partition when it fires
+    cands: Candidates
+    parts: list[PartitionState] = field(default_factory=list)  # per candidate
+    symbols: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)  # its place among the batch's candidates
 
 
-_new_pending = partial(tuple.__new__, _Pending)  # (a C call: one per candidate)
 _PER_BAR = frozenset(("once_per_bar", "once_per_bar_close"))
+_by_order = itemgetter(0)
 
 
 @dataclass
@@ -148,10 +153,7 @@ class _Writes:
     """What one batch's computation leaves to write (see ``EngineService._write``)."""
 
     batch: Batch
-    pending: list[_Pending]
-    gate_reqs: list[GateRequest]  # one per pending candidate
-    groups: Any
-    gate_calls: int
+    alerts: list[_RuleAlerts]  # one gate call each, the first of ``commands``
     commands: list[Any]
     snapshots: list[_Snapshot]
     stages: dict[str, float]
@@ -211,6 +213,8 @@ class EngineService:
         self.alerts_sent = 0
         self.restored_from: dict[TopicPartition, int] = {}
         self._hsets: dict[tuple[str, ...], InlineHset] = {}
+        self._templates: dict[tuple[Any, ...], AlertTemplate] = {}
+        self._candidates_seen = 0  # (in the batch being computed: orders its alerts)
         self._inflight: asyncio.Task[None] | None = None  # the last batch's writes
         self._alerts_out: asyncio.Future[None] | None = None  # ... and its alerts step
         # Redis away: a batch's writes wait for it (idempotent: the hashes are set again,
@@ -241,8 +245,8 @@ class EngineService:
             for rule in expired:
                 await self._status_changed(rule)
             touched: dict[tuple[int, str], _Touched] = {}
-            pending: list[_Pending] = []
-            gate_reqs: list[GateRequest] = []
+            alerts: dict[str, _RuleAlerts] = {}
+            self._candidates_seen = 0
             # every partition's records decoded in one call: a call's fixed cost was most
             # of the decoding of the small batches that low latency brings
             t = time.perf_counter()
@@ -266,7 +270,7 @@ class EngineService:
                 tfs = sorted(set(rows.tf.tolist()))
                 for tf in tfs:
                     sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
-                    self._apply(tp, part, tf, sub, touched, now, pending, gate_reqs)
+                    self._apply(tp, part, tf, sub, touched, now, alerts)
                 stages["compute"] += _lap(t)
                 part.next_offset = records[-1].offset + 1
                 part.bars_since_save += len(records)
@@ -275,7 +279,7 @@ class EngineService:
                     if lag is not None:
                         LAG.labels(str(tp.partition)).set(lag)
             t = time.perf_counter()
-            gate_calls, groups = self.gate.commands(gate_reqs)
+            gate_calls = [self.gate.call(a.cands) for a in alerts.values()]
             stages["alerts"] += _lap(t)
             t = time.perf_counter()
             await self._refresh_interest()
@@ -284,8 +288,8 @@ class EngineService:
             t = time.perf_counter()
             snapshots = await self._snapshots_due()
             stages["checkpoint"] += _lap(t)
-            writes = _Writes(batch, pending, gate_reqs, groups, len(gate_calls),
-                             [*gate_calls, *values], snapshots, stages, started)  # fmt: skip
+            writes = _Writes(batch, list(alerts.values()), [*gate_calls, *values], snapshots,
+                             stages, started)  # fmt: skip
             alerts_out = asyncio.get_running_loop().create_future()
             self._inflight = asyncio.create_task(
                 self._write(writes, self._inflight, self._alerts_out, alerts_out),
@@ -311,7 +315,7 @@ class EngineService:
         alert wait for the last batch's.) Decisions, firings and hashes each keep the
         batches' order; the gate's keys are not the hashes', so one may pass the other."""
         stages = w.stages
-        gate_calls, values = w.commands[: w.gate_calls], w.commands[w.gate_calls :]
+        gate_calls, values = w.commands[: len(w.alerts)], w.commands[len(w.alerts) :]
         try:
             if before_alerts is not None:
                 await before_alerts
@@ -320,8 +324,7 @@ class EngineService:
                 replies = await self.redis_writes(
                     lambda: execute(self.redis, gate_calls, scripts=self._scripts)
                 )
-                verdicts = self.gate.verdicts(len(w.gate_reqs), w.groups, replies)
-                await self._fired(w.pending, w.gate_reqs, verdicts)
+                await self._fired(w.alerts, replies)
                 stages["alerts"] += _lap(t)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
@@ -365,8 +368,7 @@ class EngineService:
         bars: BarRows,
         touched: dict[tuple[int, str], _Touched],
         now: int,
-        pending: list[_Pending],
-        gate_reqs: list[GateRequest],
+        alerts: dict[str, _RuleAlerts],
     ) -> None:
         book = part.book(tf, self.rules)
         compiled = self.rules.for_tf(tf)
@@ -391,7 +393,7 @@ class EngineService:
         RULE_EVALS.inc(n * len(compiled.rules))
         at, ks = hits(compiled, res.values, res.status)
         if at.shape[0]:
-            self._candidates(part, compiled, bars, res, at, ks, now, pending, gate_reqs)
+            self._candidates(part, compiled, bars, res, at, ks, now, alerts)
 
     def _candidates(
         self,
@@ -402,81 +404,110 @@ class EngineService:
         at: np.ndarray,
         ks: np.ndarray,
         now: int,
-        pending: list[_Pending],
-        gate_reqs: list[GateRequest],
+        alerts: dict[str, _RuleAlerts],
     ) -> None:
-        """A gate request per candidate (rule ``ks[j]`` holding on bar ``at[j]``) that
-        its symbol list and the once-per-bar marks let through, carrying the alert it
-        fires as JSON (the gate appends it to the owner's channel in the same step as its
-        decision). The candidates' fields are gathered in one step each; the loop only
-        assembles them (a Python step per field and alert was most of the alerts' cost)."""
+        """Add the candidates (rule ``ks[j]`` holding on bar ``at[j]``) that their rule's
+        symbol list and the once-per-bar marks let through to their rule's gate call,
+        each with the alert it fires as JSON (the gate appends it to the owner's channel
+        in the same step as its decision). One rule's candidates are taken together:
+        their fields in one gather each, their ids and alerts by
+        :mod:`technic_stream.engine.alerts` (a Python step per field and alert was most
+        of the alerts' cost)."""
         rules = compiled.rules
-        # the reported values (a rule's lag-0 inputs) at each candidate's bar: one
-        # gather per rule that holds somewhere in the batch
-        kl = ks.tolist()
-        values: list[Any] = [None] * len(kl)
-        for k in set(kl):
-            names, rows = compiled.reported(rules[k])
-            js = np.flatnonzero(ks == k)
-            for j, row in zip(
-                js.tolist(), res.values[np.ix_(rows, at[js])].T.tolist(), strict=True
-            ):
-                values[j] = dict(zip(names, row, strict=True))  # NaN (not ready): null
-        for k, sym, ts, close, seq, vals in zip(
-            kl, bars.symbol[at].tolist(), bars.ts[at].tolist(),
-            bars.close[at].tolist(), res.seq[at].tolist(), values, strict=True,
-        ):  # fmt: skip
+        base = self._candidates_seen  # the batch's candidates before these
+        self._candidates_seen += len(at)
+        for k in np.unique(ks).tolist():
             rule = rules[k]
-            if rule.symbols is not None and sym not in rule.symbols:
-                continue
             m = rule.message
+            js = np.flatnonzero(ks == k)
+            bar = at[js]
+            syms, ts = bars.symbol[bar].tolist(), bars.ts[bar].tolist()
             per_bar = m.mode in _PER_BAR
-            if per_bar and part.already_fired(m.rule_id, sym, ts):
-                continue
-            aid = alert_id(m.rule_id, sym, m.tf, ts, seq if m.mode == "every_time" else 0)
-            data = orjson.dumps({
-                "type": "alert", "v": 1, "alert_id": aid, "rule_id": m.rule_id,
-                "owner": m.owner, "symbol": sym, "tf": m.tf, "ts": ts, "fired_at": now,
-                "close": close, "values": vals,
-                "message": _render(m, sym, ts, close) if m.message else None,
-            })  # fmt: skip
-            pending.append(_new_pending((part, rule, sym, ts, per_bar)))
-            gate_reqs.append(new_request((
-                m.rule_id, m.ts, m.mode, m.cooldown_s, m.expires_at, m.throttle_max,
-                m.throttle_window_s, sym, aid, f"alerts.{m.owner}", data,
-            )))  # fmt: skip
+            if rule.symbols is not None or per_bar:
+                allowed, marks = rule.symbols, part.fired.get(m.rule_id) if per_bar else None
+                keep = [
+                    i for i, (sym, t) in enumerate(zip(syms, ts, strict=True))
+                    if (allowed is None or sym in allowed)
+                    and (marks is None or marks.get(sym) != t)
+                ]  # fmt: skip
+                if len(keep) < len(syms):
+                    if not keep:
+                        continue
+                    js, bar = js[keep], bar[keep]
+                    syms, ts = [syms[i] for i in keep], [ts[i] for i in keep]
+            names, rows = compiled.reported(rule)
+            seqs = res.seq[bar].tolist() if m.mode == "every_time" else None
+            ids = alert_ids(m.rule_id, m.tf, syms, ts, seqs)
+            close = bars.close[bar]
+            texts = None
+            if m.message:
+                texts = [
+                    _render(m, sym, t, c)
+                    for sym, t, c in zip(syms, ts, close.tolist(), strict=True)
+                ]
+            data = self._template(m, names).render(
+                ids, syms, ts, now, close, res.values[np.ix_(rows, bar)].T, texts
+            )
+            g = alerts.get(m.rule_id)
+            if g is None:
+                g = alerts[m.rule_id] = _RuleAlerts(rule, per_bar, Candidates(
+                    m.rule_id, m.ts, m.mode, m.cooldown_s, m.expires_at, m.throttle_max,
+                    m.throttle_window_s, f"alerts.{m.owner}", [], [], [],
+                ))  # fmt: skip
+            c = g.cands
+            c.symbols += [sym.encode() for sym in syms]
+            c.alert_ids += ids
+            c.data += data
+            g.parts += [part] * len(syms)
+            g.symbols += syms
+            g.ts += ts
+            g.order += (js + base).tolist()
 
-    async def _fired(
-        self,
-        pending: list[_Pending],
-        gate_reqs: list[GateRequest],
-        verdicts: list[GateVerdict],
-    ) -> None:
-        """Act on the gate's verdicts: status changes, and each firing to ``alerts.fired``
-        (a replayed firing goes again, under the same id — it is in the channel already —
-        unless this process sent it: a once-per-bar firing it has marked)."""
-        out: list[tuple[bytes, bytes]] = []
-        outcomes = dict.fromkeys(("fired", "replayed", "suppressed"), 0)
-        for (part, rule, sym, ts, per_bar), q, v in zip(pending, gate_reqs, verdicts, strict=True):
-            m = rule.message
-            if v.changed or (v.status != ACTIVE and rule.status == ACTIVE):
-                self.rules.set_status(m.rule_id, v.status, v.reason)
+    def _template(self, m: AlertRule, names: tuple[str, ...]) -> AlertTemplate:
+        key = (m.rule_id, m.owner, m.tf, names)
+        tpl = self._templates.get(key)
+        if tpl is None:
+            if len(self._templates) >= 10_000:
+                self._templates.clear()
+            tpl = self._templates[key] = AlertTemplate(m.rule_id, m.owner, m.tf, names)
+        return tpl
+
+    async def _fired(self, alerts: list[_RuleAlerts], replies: list[Any]) -> None:
+        """Act on the gate's decisions: status changes, and each firing to
+        ``alerts.fired`` in the order the batch found the candidates (a replayed firing
+        goes again, under the same id — it is in the channel already — unless this
+        process sent it: a once-per-bar firing it has marked)."""
+        out: list[tuple[int, bytes, bytes]] = []
+        fired = replayed = suppressed = 0
+        for g, reply in zip(alerts, replies, strict=True):
+            d = Decision.of(reply)
+            rule, m = g.rule, g.rule.message
+            if len(d.flags) != len(g.order):
+                raise RuntimeError(f"the gate decided {len(d.flags)} of {len(g.order)} alerts")
+            if d.changed_at or (d.status != ACTIVE and rule.status == ACTIVE):
+                self.rules.set_status(m.rule_id, d.status, d.reason)
                 await self._status_changed(rule)
-            if not v.fire:
-                outcomes["suppressed"] += 1
-                continue
-            if v.replayed and per_bar and part.already_fired(m.rule_id, sym, ts):
-                # a correction of a bar whose firing the batch before sent (it was
-                # computed while that batch's decisions were on their way): sent once
-                outcomes["suppressed"] += 1
-                continue
-            outcomes["replayed" if v.replayed else "fired"] += 1
-            if per_bar:
-                part.mark_fired(m.rule_id, sym, ts)
-            assert q.data is not None
-            out.append((m.owner.encode(), q.data))
-        await self.producer.send_many(self.alerts_topic, out)
-        for outcome, n in outcomes.items():
+            owner = m.owner.encode()
+            for j, f in enumerate(d.flags):
+                if f in "0r":
+                    suppressed += 1
+                    continue
+                part, sym, ts = g.parts[j], g.symbols[j], g.ts[j]
+                if f == "R":
+                    if g.per_bar and part.already_fired(m.rule_id, sym, ts):
+                        # a correction of a bar whose firing the batch before sent (it
+                        # was computed while that batch's decisions were on their way)
+                        suppressed += 1
+                        continue
+                    replayed += 1
+                else:
+                    fired += 1
+                if g.per_bar:
+                    part.mark_fired(m.rule_id, sym, ts)
+                out.append((g.order[j], owner, g.cands.data[j]))
+        out.sort(key=_by_order)
+        await self.producer.send_many(self.alerts_topic, [(k, v) for _, k, v in out])
+        for outcome, n in (("fired", fired), ("replayed", replayed), ("suppressed", suppressed)):
             if n:
                 ALERTS.labels(outcome).inc(n)
         self.alerts_sent += len(out)

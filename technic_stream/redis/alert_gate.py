@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 
 from technic_stream.redis.channels import APPEND_LUA, ChannelPublisher
-from technic_stream.redis.resp import Arg, Script, execute
+from technic_stream.redis.resp import Arg, Script, execute, pack_args
 
-__all__ = ["AlertGate", "GateRequest", "GateVerdict", "new_request"]
+__all__ = ["AlertGate", "Candidates", "Decision", "GateRequest", "GateVerdict", "new_request"]
 
 # One rule's candidates, in order. KEYS: rule, fires, last, the owner channel's meta and
 # hist ('' and '': no channel), then one decision key per candidate; ARGV: version, mode,
@@ -179,6 +180,38 @@ class GateVerdict(NamedTuple):  # (a tuple: one is made per candidate)
 _UNDECIDED = GateVerdict(False, "", "", False, False)
 
 
+@dataclass(slots=True)
+class Candidates:
+    """One rule's candidates, in order, as columns: what the gate decides in one script
+    call (the engine gathers a batch's candidates this way, without an object each)."""
+
+    rule_id: str
+    version: int  # the rule's ts
+    mode: str
+    cooldown_s: int
+    expires_at: int | None
+    throttle_max: int
+    throttle_window_s: int
+    channel: str | None  # where a firing is appended (the owner's alerts channel)
+    symbols: list[bytes]
+    alert_ids: list[bytes]
+    data: list[bytes]  # each alert as JSON, appended when it fires
+
+
+class Decision(NamedTuple):
+    """The gate's answer for one :class:`Candidates`."""
+
+    flags: str  # per candidate: '1' fire, '0' not, 'R' / 'r' a replay's recorded decision
+    status: str  # the rule's status after the call
+    reason: str
+    changed_at: int  # 1-based index of the candidate that changed the status; 0: none
+
+    @staticmethod
+    def of(reply: Sequence[Any]) -> Decision:
+        flags, status, reason, changed_at = reply
+        return Decision(_s(flags), _s(status), _s(reason), int(changed_at))
+
+
 class AlertGate:
     def __init__(
         self,
@@ -193,15 +226,12 @@ class AlertGate:
         self._prefix = prefix
         self.decision_ttl_s = decision_ttl_s
         self._script = Script(_GATE)
+        self._alert_prefix = f"{prefix}alert:".encode()
         self.scripts = (self._script,)
         self._arm = Script(_ARM)
 
     def rule_key(self, rule_id: str) -> str:
         return f"{self._prefix}rule:{rule_id}"
-
-    def _keys(self, req: GateRequest) -> list[str]:
-        base = self.rule_key(req.rule_id)
-        return [base, f"{base}:fires", f"{base}:last", f"{self._prefix}alert:{req.alert_id}"]
 
     async def decide(self, requests: Sequence[GateRequest]) -> list[GateVerdict]:
         """Decide candidates: one atomic script call per rule, in order within a rule,
@@ -212,7 +242,7 @@ class AlertGate:
         replies = await execute(self._redis, calls, scripts=self.scripts)
         return self.verdicts(len(requests), groups, replies)
 
-    def commands(self, requests: Sequence[GateRequest]) -> tuple[list[list[Arg]], list[list[int]]]:
+    def commands(self, requests: Sequence[GateRequest]) -> tuple[list[bytes], list[list[int]]]:
         """The script calls deciding ``requests`` (to send with other commands in one
         :func:`~technic_stream.redis.resp.execute`), and the request indices per call."""
         by_rule: dict[str, list[int]] = {}
@@ -221,34 +251,54 @@ class AlertGate:
         calls = []
         for idx in by_rule.values():
             r = requests[idx[0]]
-            base = self.rule_key(r.rule_id)
-            channel = r.channel if self._publisher is not None else None
-            keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
-            args: list[Arg] = [
-                r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
-                r.throttle_max, r.throttle_window_s * 1000, self.decision_ttl_s,
-            ]  # fmt: skip
-            if channel is not None and self._publisher is not None:
-                keys += self._publisher.keys(channel)[:2]
-                args += [channel, *self._publisher.append_args()[:2], secrets.token_hex(6)]
-            else:
-                keys += ["", ""]
-                args += ["", 0, 0, ""]
-            for i in idx:
-                q = requests[i]
-                keys.append(f"{self._prefix}alert:{q.alert_id}")
-                args += (q.symbol, q.alert_id, q.data or b"null")
-            calls.append(self._script.call(keys, args))
+            calls.append(self.call(Candidates(
+                r.rule_id, r.version, r.mode, r.cooldown_s, r.expires_at, r.throttle_max,
+                r.throttle_window_s, r.channel,
+                [requests[i].symbol.encode() for i in idx],
+                [requests[i].alert_id.encode() for i in idx],
+                [requests[i].data or b"null" for i in idx],
+            )))  # fmt: skip
         return calls, list(by_rule.values())
+
+    def call(self, c: Candidates) -> bytes:
+        """The packed script call (RESP) deciding ``c``: the rule's keys and arguments,
+        then a decision key and three arguments per candidate, each candidate's in one
+        format step (packing them as separate arguments had cost more than the rest of
+        an alert's way through the engine)."""
+        base = self.rule_key(c.rule_id)
+        keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
+        args: list[Arg] = [
+            c.version, c.mode, c.cooldown_s * 1000, c.expires_at or 0,
+            c.throttle_max, c.throttle_window_s * 1000, self.decision_ttl_s,
+        ]  # fmt: skip
+        if c.channel is not None and self._publisher is not None:
+            keys += self._publisher.keys(c.channel)[:2]
+            args += [c.channel, *self._publisher.append_args()[:2], secrets.token_hex(6)]
+        else:
+            keys += ["", ""]
+            args += ["", 0, 0, ""]
+        n = len(c.alert_ids)
+        if len(c.symbols) != n or len(c.data) != n:
+            raise ValueError(f"{len(c.symbols)} symbols, {n} alert ids, {len(c.data)} data")
+        prefix = self._alert_prefix
+        return b"".join([
+            b"*%d\r\n" % (3 + len(keys) + n + len(args) + 3 * n),
+            *pack_args(["EVALSHA", self._script.sha, len(keys) + n, *keys]),
+            *[b"$%d\r\n%b%b\r\n" % (len(prefix) + len(a), prefix, a) for a in c.alert_ids],
+            *pack_args(args),
+            *[b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(s), s, len(a), a, len(d), d)
+              for s, a, d in zip(c.symbols, c.alert_ids, c.data, strict=True)],
+        ])  # fmt: skip
 
     def verdicts(
         self, n: int, groups: Sequence[Sequence[int]], replies: Sequence[Any]
     ) -> list[GateVerdict]:
         out: list[GateVerdict] = [_UNDECIDED] * n
-        for idx, (verdicts, status, reason, changed_at) in zip(groups, replies, strict=True):
-            st, rs, flags, changed = _s(status), _s(reason), _s(verdicts), int(changed_at)
-            for k, (i, f) in enumerate(zip(idx, flags, strict=True)):
-                out[i] = GateVerdict(f in "1R", st, rs, k + 1 == changed, f in "Rr")
+        for idx, reply in zip(groups, replies, strict=True):
+            d = Decision.of(reply)
+            for k, (i, f) in enumerate(zip(idx, d.flags, strict=True)):
+                changed = k + 1 == d.changed_at
+                out[i] = GateVerdict(f in "1R", d.status, d.reason, changed, f in "Rr")
         return out
 
     async def arm_many(self, rules: Sequence[tuple[str, int, str, str]]) -> list[tuple[str, str]]:

@@ -1,0 +1,110 @@
+"""A batch's alerts as JSON, many at a time.
+
+An alert is built once per candidate (a rule holding on a bar), before the gate decides
+whether it fires, since the gate appends it to the owner's channel in the same atomic
+step as the decision. Building each as a dict for ``orjson.dumps`` — and its id with a
+formatted string per field — was a good part of the engine's time at a high alert rate;
+here one rule's candidates are rendered from a template of the rule's constant fields,
+with every float of the candidates formatted by one orjson call. The bytes are the ones
+``orjson.dumps`` gives for the :class:`~technic_stream.messages.Alert` dict, field for
+field (a test holds them equal): NaN and infinities are ``null``, as there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from binascii import hexlify
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+__all__ = ["AlertTemplate", "alert_ids"]
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def alert_ids(
+    rule_id: str, tf: str, symbols: Sequence[str], ts: Sequence[int], seqs: Sequence[int] | None
+) -> list[bytes]:
+    """:func:`~technic_stream.messages.alert_id` of each (symbol, ts, seq), as ASCII hex;
+    ``seqs`` None: every seq 0."""
+    pre, mid = f"{rule_id}\x1f", f"\x1f{tf}\x1f"
+    blake = hashlib.blake2b
+    if seqs is None:
+        return [
+            hexlify(blake(f"{pre}{s}{mid}{t}".encode(), digest_size=16).digest())
+            for s, t in zip(symbols, ts, strict=True)
+        ]
+    return [
+        hexlify(blake(
+            (f"{pre}{s}{mid}{t}\x1f{q}" if q else f"{pre}{s}{mid}{t}").encode(), digest_size=16
+        ).digest())
+        for s, t, q in zip(symbols, ts, seqs, strict=True)
+    ]  # fmt: skip
+
+
+def _lit(value: object) -> bytes:
+    """A constant's JSON, safe inside a ``%`` template."""
+    return orjson.dumps(value).replace(b"%", b"%%")
+
+
+def _floats(x: np.ndarray) -> list[bytes]:
+    """Each float's JSON text (orjson's: the shortest that reads back, ``null`` for NaN
+    and infinities), in order."""
+    if x.size == 0:
+        return []
+    return orjson.dumps(np.ascontiguousarray(x, dtype=np.float64).ravel(), option=_NUMPY)[
+        1:-1
+    ].split(b",")
+
+
+class AlertTemplate:
+    """The alerts of one rule: ``type, v, alert_id, rule_id, owner, symbol, tf, ts,
+    fired_at, close, values{names...}, message``, in that order."""
+
+    def __init__(self, rule_id: str, owner: str, tf: str, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        values = b",".join(_lit(n) + b":%b" for n in self.names)
+        self._fmt = (
+            b'{"type":"alert","v":1,"alert_id":"%b","rule_id":' + _lit(rule_id)
+            + b',"owner":' + _lit(owner) + b',"symbol":%b,"tf":' + _lit(tf)
+            + b',"ts":%d,"fired_at":%d,"close":%b,"values":{' + values + b'},"message":%b}'
+        )  # fmt: skip
+        self._symbols: dict[str, bytes] = {}
+
+    def render(
+        self,
+        ids: Sequence[bytes],
+        symbols: Sequence[str],
+        ts: Sequence[int],
+        fired_at: int,
+        close: np.ndarray,
+        values: np.ndarray,
+        messages: Sequence[str | None] | None = None,
+    ) -> list[bytes]:
+        """One alert per candidate: ``values`` is candidates by names; ``messages`` the
+        rendered text per candidate (None: none)."""
+        n, m = len(ids), len(self.names)
+        if values.shape != (n, m) or len(close) != n or len(symbols) != n or len(ts) != n:
+            raise ValueError(f"{n} ids, {len(symbols)} symbols, {len(ts)} ts, {len(close)} "
+                             f"closes and {values.shape} values for {m} names")  # fmt: skip
+        quoted = self._symbols
+        if len(quoted) > 100_000:
+            quoted.clear()
+        syms = []
+        for s in symbols:
+            q = quoted.get(s)
+            if q is None:
+                q = quoted[s] = orjson.dumps(s)
+            syms.append(q)
+        texts = _floats(values)
+        rows = [texts[i * m : i * m + m] for i in range(n)] if m else [[]] * n
+        msgs = [b"null"] * n if messages is None else [
+            b"null" if t is None else orjson.dumps(t) for t in messages
+        ]  # fmt: skip
+        fmt = self._fmt
+        return [
+            fmt % (a, s, t, fired_at, c, *row, msg)
+            for a, s, t, c, row, msg in zip(ids, syms, ts, _floats(close), rows, msgs, strict=True)
+        ]

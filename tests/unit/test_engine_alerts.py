@@ -1,0 +1,87 @@
+"""Alerts rendered many at a time are the bytes of ``orjson.dumps`` of each alert's dict,
+and their ids are :func:`alert_id`'s."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from technic_stream.engine.alerts import AlertTemplate, alert_ids
+from technic_stream.messages import Alert, alert_id
+
+_symbols = st.text(st.sampled_from('ABCXYZ.-^%"\\é'), min_size=1, max_size=8)
+_floats = st.floats(allow_nan=True, allow_infinity=True)
+
+
+def _dict(aid, rule_id, owner, sym, tf, ts, now, close, names, row, msg):
+    return {
+        "type": "alert", "v": 1, "alert_id": aid, "rule_id": rule_id, "owner": owner,
+        "symbol": sym, "tf": tf, "ts": ts, "fired_at": now, "close": close,
+        "values": dict(zip(names, row, strict=True)), "message": msg,
+    }  # fmt: skip
+
+
+@given(
+    names=st.lists(st.text(st.sampled_from("abc_%\"1("), min_size=1, max_size=6),
+                   max_size=5, unique=True),
+    rows=st.lists(st.tuples(_symbols, st.integers(0, 2**62), st.floats(0, 1e12),
+                            st.lists(_floats, min_size=5, max_size=5),
+                            st.one_of(st.none(), st.text(max_size=10))), max_size=12),
+    rule_id=st.sampled_from(["r1", "rule_%d", 'q"x']),
+)  # fmt: skip
+@example(
+    names=["rsi_14", "ema_12"],
+    rule_id="r1",
+    rows=[
+        ("AAPL", 1, 101.5, [math.nan, math.inf, -math.inf, -0.0, 5e-324], None),
+        ("B", 2, 1e16, [0.1 + 0.2, 1e-7, 100.0, 1.7976931348623157e308, 1.0], "hi"),
+    ],
+)
+def test_rendered_alerts_are_orjson_of_the_alert_dict(names, rows, rule_id):
+    m = len(names)
+    tpl = AlertTemplate(rule_id, "ann", "1m", names)
+    syms = [r[0] for r in rows]
+    ts = [r[1] for r in rows]
+    ids = alert_ids(rule_id, "1m", syms, ts, None)
+    close = np.array([r[2] for r in rows], dtype=np.float64)
+    values = np.array([r[3][:m] for r in rows], dtype=np.float64).reshape(len(rows), m)
+    msgs = [r[4] for r in rows]
+    got = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    want = [
+        orjson.dumps(_dict(a.decode(), rule_id, "ann", s, "1m", t, 1_767_000_000_123,
+                           float(c), names, v.tolist(), msg))
+        for a, s, t, c, v, msg in zip(ids, syms, ts, close, values, msgs, strict=True)
+    ]  # fmt: skip
+    assert got == want
+
+
+def test_a_rendered_alert_is_a_valid_alert_message():
+    tpl = AlertTemplate("r1", "ann", "1m", ["rsi_14"])
+    ids = alert_ids("r1", "1m", ["AAPL"], [1_767_000_000_000], None)
+    (data,) = tpl.render(ids, ["AAPL"], [1_767_000_000_000], 1_767_000_000_500,
+                         np.array([187.25]), np.array([[28.5]]), None)  # fmt: skip
+    alert = Alert.model_validate_json(data)
+    assert alert.alert_id == ids[0].decode()
+    assert (alert.values, alert.message, alert.close) == ({"rsi_14": 28.5}, None, 187.25)
+
+
+@given(st.lists(st.tuples(_symbols, st.integers(0, 2**62), st.integers(0, 50)), max_size=20))
+def test_alert_ids_are_alert_id(rows):
+    syms, ts, seqs = ([r[i] for r in rows] for i in range(3))
+    assert [a.decode() for a in alert_ids("r9", "5m", syms, ts, seqs)] == [
+        alert_id("r9", s, "5m", t, q) for s, t, q in rows
+    ]
+    assert [a.decode() for a in alert_ids("r9", "5m", syms, ts, None)] == [
+        alert_id("r9", s, "5m", t) for s, t, _ in rows
+    ]
+
+
+def test_a_shape_mismatch_is_refused():
+    tpl = AlertTemplate("r1", "ann", "1m", ["a", "b"])
+    with pytest.raises(ValueError, match="values for 2 names"):
+        tpl.render([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 3)), None)
