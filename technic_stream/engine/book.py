@@ -146,6 +146,22 @@ class Book:
                 out[i] = self.row(symbols[i])  # type: ignore[index]
         return out
 
+    def rows_coded(self, names: np.ndarray, code: np.ndarray) -> np.ndarray:
+        """:meth:`rows` of ``names[code]`` — the same rows, new symbols registered in the
+        same order — with each distinct name looked up once."""
+        mask = np.zeros(len(names), dtype=np.bool_)
+        mask[code] = True
+        used = np.flatnonzero(mask)
+        get = self.symbols.get
+        found = np.fromiter((get(s, -1) for s in names[used]), dtype=np.int64, count=len(used))
+        if (found < 0).any():  # new symbols: registered in order of first use, as by rows()
+            used, first = np.unique(code, return_index=True)
+            used = used[np.argsort(first)]
+            found = self.rows(names[used], len(used))
+        lookup = np.full(len(names), -1, dtype=np.int64)
+        lookup[used] = found
+        return lookup[code]
+
     # Bars ---------------------------------------------------------------------------
 
     def apply(

@@ -373,7 +373,10 @@ class EngineService:
         book = part.book(tf, self.rules)
         compiled = self.rules.for_tf(tf)
         n = len(bars)
-        rows = book.rows(bars.symbol, n)
+        if bars.names is not None and bars.code is not None:
+            rows = book.rows_coded(bars.names, bars.code)
+        else:
+            rows = book.rows(bars.symbol, n)
         inputs = None
         if compiled is not None:
             col, lag = book.inputs_for(compiled.columns, compiled.lags)

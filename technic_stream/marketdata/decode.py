@@ -38,9 +38,16 @@ _TF = frozenset(TIMEFRAMES)
 _known_symbols: set[str] = set()
 
 
+_ROW_FIELDS = ("record", "tf", "symbol", "ts", "open", "high", "low", "close", "volume")
+
+
 @dataclass(frozen=True, slots=True)
 class BarRows:
-    """Good bars as columns, in record order; ``record`` is the index of each row's record."""
+    """Good bars as columns, in record order; ``record`` is the index of each row's record.
+
+    ``names`` and ``code``, where the decoder knows them: the distinct symbols in order
+    of first arrival, and each row's index among them (``symbol == names[code]``), so a
+    book looks a symbol up once a batch instead of once a bar."""
 
     record: np.ndarray  # int64
     tf: np.ndarray  # object (str)
@@ -51,16 +58,21 @@ class BarRows:
     low: np.ndarray
     close: np.ndarray
     volume: np.ndarray
+    names: np.ndarray | None = None  # object (str)
+    code: np.ndarray | None = None  # int64
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
 
     def take(self, idx: np.ndarray) -> BarRows:
-        return BarRows(*(getattr(self, f)[idx] for f in self.__slots__))
+        return BarRows(**{f: getattr(self, f)[idx] for f in _ROW_FIELDS}, names=self.names,
+                       code=None if self.code is None else self.code[idx])  # fmt: skip
 
     def between(self, start: int, stop: int) -> BarRows:
         """Rows ``start:stop`` (views, not copies)."""
-        return BarRows(*(getattr(self, f)[start:stop] for f in self.__slots__))
+        return BarRows(**{f: getattr(self, f)[start:stop] for f in _ROW_FIELDS},
+                       names=self.names,
+                       code=None if self.code is None else self.code[start:stop])  # fmt: skip
 
 
 def _symbol_ok(sym: object) -> bool:
@@ -319,10 +331,15 @@ def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows,
     at = sym_at[idx]
     if not same_bytes_nb(buf, at, first[inverse]):
         return _no_rows(), list(range(n))
-    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in at[first].tolist()],
+    arrival = np.argsort(first, kind="stable")  # the distinct symbols in arrival order
+    code = np.empty_like(arrival)
+    code[arrival] = np.arange(len(arrival))
+    code = code[inverse.ravel()]
+    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in at[first[arrival]].tolist()],
                      dtype=object)  # fmt: skip
-    rows = BarRows(idx.astype(np.int64), _TF_NAMES[tf[idx]], names[inverse], ts[idx],
-                   *(c[idx] for c in cols))  # fmt: skip
+    o, h, lo, c, v = (col[idx] for col in cols)
+    rows = BarRows(idx.astype(np.int64), _TF_NAMES[tf[idx]], names[code], ts[idx],
+                   o, h, lo, c, v, names, code)  # fmt: skip
     return rows, rest
 
 
@@ -418,7 +435,14 @@ def _general_rows(
 
 
 def _concat(pieces: Sequence[BarRows]) -> BarRows:
-    return BarRows(*(np.concatenate([getattr(p, f) for p in pieces]) for f in BarRows.__slots__))
+    names = code = None
+    coded = [(p.names, p.code) for p in pieces if p.names is not None and p.code is not None]
+    if len(coded) == len(pieces):
+        names = np.concatenate([n for n, _ in coded])
+        at = np.cumsum([0] + [len(n) for n, _ in coded[:-1]]).tolist()
+        code = np.concatenate([c + a for (_, c), a in zip(coded, at, strict=True)])
+    return BarRows(**{f: np.concatenate([getattr(p, f) for p in pieces]) for f in _ROW_FIELDS},
+                   names=names, code=code)  # fmt: skip
 
 
 def _numeric_checks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka.structs import TopicPartition
@@ -206,11 +207,33 @@ def test_the_wire_parser_reads_exactly_what_orjson_and_the_model_read(bars, rnd,
     want = [(i, decode(r.value, Bar)) for i, r in enumerate(recs) if _model_ok(r.value)]
     assert [r for r, _ in bad] == [r for r in recs if not _model_ok(r.value)]
     assert rows.record.tolist() == [i for i, _ in want]
+    _assert_coded(rows)
     for j, (_i, bar) in enumerate(want):
         assert (rows.symbol[j], rows.tf[j], rows.ts[j]) == (bar.symbol, bar.tf, bar.ts)
         for f in ("open", "high", "low", "close", "volume"):
             got, exp = getattr(rows, f)[j], float(getattr(bar, f))
             assert got.hex() == exp.hex(), (f, got, exp)
+
+
+def _assert_coded(rows):
+    """Where the decoder says the symbols' codes, they give the symbols, and the codes
+    in use name the distinct symbols in order of first arrival."""
+    if rows.names is None:
+        return
+    assert rows.names[rows.code].tolist() == rows.symbol.tolist()
+    used = sorted(set(rows.code.tolist()))
+    assert [rows.names[c] for c in used] == list(dict.fromkeys(rows.symbol.tolist()))
+
+
+def test_single_bars_come_with_their_symbols_coded():
+    recs = [Rec(orjson.dumps({**GOOD, "symbol": s, "ts": GOOD["ts"] + i}))
+            for i, s in enumerate(["ZZ", "AA", "ZZ", "MM", "AA"])]  # fmt: skip
+    rows, bad = decode_bar_records(recs)
+    assert not bad and rows.names.tolist() == ["ZZ", "AA", "MM"]
+    assert rows.code.tolist() == [0, 1, 0, 2, 1]
+    part = rows.between(2, 5)
+    assert part.names[part.code].tolist() == ["ZZ", "MM", "AA"]
+    _assert_coded(rows.take(np.array([4, 1, 3])))
 
 
 def test_a_mixed_batch_keeps_record_order_across_both_parsers():

@@ -183,3 +183,13 @@ def test_broken_snapshots_are_refused():
             Book.from_bytes(bad)
     meta, blobs = unpack_sections(pack_sections({"a": 1}, [b"x", b""]))
     assert meta == {"a": 1} and blobs == [b"x", b""]
+
+
+def test_coded_rows_are_the_rows_of_the_symbols_and_register_only_those_used():
+    plain, coded = Book("1m", history=5), Book("1m", history=5)
+    names = np.array(["B", "A", "C", "D"], dtype=object)
+    for code in ([1, 0, 1], [3, 1, 3, 0], [1]):  # "C" never used: never registered
+        code = np.array(code, dtype=np.int64)
+        want = plain.rows(names[code].tolist(), len(code))
+        assert coded.rows_coded(names, code).tolist() == want.tolist()
+    assert coded.names == plain.names == ["A", "B", "D"]
