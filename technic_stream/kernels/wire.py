@@ -24,10 +24,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["BAR_KEYS", "TIMEFRAME_NAMES", "parse_bars", "same_bytes_nb"]
+__all__ = ["BAR_KEYS", "BATCH_KEYS", "TIMEFRAME_NAMES", "parse_bar_batches", "parse_bars",
+           "same_bytes_nb"]  # fmt: skip
 
 #: key codes of a Bar object, in the order of the output columns
 BAR_KEYS = ("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume")
+#: key codes of a BarBatch object (the columns in the same order as a Bar's)
+BATCH_KEYS = ("type", "v", "symbols", "tf", "ts", "open", "high", "low", "close", "volume")
 #: the timeframes a ``tf`` may name (``messages.TIMEFRAMES``; a test holds them equal)
 TIMEFRAME_NAMES = ("1s", "1m", "5m", "15m", "30m", "1h", "4h", "1d", "1w")
 
@@ -39,6 +42,8 @@ def _table(words: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 _KEY_BYTES, _KEY_AT = _table(BAR_KEYS)
+_BATCH_KEY_BYTES, _BATCH_KEY_AT = _table(BATCH_KEYS)
+_MIN_ROW_BYTES = 16  # a BarBatch row takes at least '"A",' and six '0,'
 _TF_BYTES, _TF_AT = _table(TIMEFRAME_NAMES)
 _ALL_KEYS = (1 << len(BAR_KEYS)) - 1
 _POW10 = np.array([10.0**k for k in range(23)])  # exact doubles up to 1e22
@@ -321,3 +326,165 @@ def same_bytes_nb(buf, sym_at, rep):
             if buf[s + j] != buf[qs + j]:
                 return False
     return True
+
+
+@njit(cache=True)
+def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10):
+    """Read the JSON array at ``buf[i] == '['`` as column ``k`` of rows ``base...``:
+    (next, count), count < 0 when it is not certainly that column (a value of another
+    kind, an escape in a symbol, a number off the fast path, more rows than ``cap``)."""
+    i = _ws_nb(buf, i + 1, end)
+    count = 0
+    if i < end and buf[i] == 93:  # ]: empty (the general decoder says why it is bad)
+        return i, -1
+    while True:
+        if base + count >= cap:
+            return i, -1
+        r = base + count
+        if k == 2:  # symbols
+            if i >= end or buf[i] != 34:
+                return i, -1
+            s, e, i = _string_nb(buf, i, end)
+            if e < 0 or not _ticker_ok_nb(buf, s, e):
+                return i, -1
+            h = _FNV_OFFSET
+            for j in range(s, e):
+                h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+            sym_at[r, 0] = s
+            sym_at[r, 1] = e
+            sym_hash[r] = h
+        elif k == 4:  # ts
+            v, i, good = _integer_nb(buf, i, end)
+            if not good:
+                return i, -1
+            ts[r] = v
+        else:
+            x, i, kind = _number_nb(buf, i, end, pow10)
+            if kind == 0:
+                return i, -1
+            cols[k - 5, r] = x
+        count += 1
+        i = _ws_nb(buf, i, end)
+        if i >= end:
+            return i, -1
+        if buf[i] == 44:  # ,
+            i = _ws_nb(buf, i + 1, end)
+            continue
+        if buf[i] != 93:  # ]
+            return i, -1
+        return i + 1, count
+
+
+@njit(cache=True)
+def _one_batch_nb(buf, i, end, base, cap, max_rows, ts, cols, sym_at, sym_hash, keys, key_at,
+                  tfs, tf_at, pow10):  # fmt: skip
+    """Parse the record ``buf[i:end]`` as a BarBatch into rows ``base...``: its row count
+    and timeframe code when it is certainly one (every column as long as ``symbols``, at
+    most ``max_rows``), else (-1, 0)."""
+    i = _ws_nb(buf, i, end)
+    if i >= end or buf[i] != 123:  # {
+        return -1, 0
+    i = _ws_nb(buf, i + 1, end)
+    seen = 0
+    n = -1
+    code = 0
+    while True:
+        if i >= end or buf[i] != 34:
+            return -1, 0
+        ks, ke, i = _string_nb(buf, i, end)
+        if ke < 0:
+            return -1, 0
+        k = _find_nb(buf, ks, ke, keys, key_at)
+        if k < 0 or seen & (1 << k):
+            return -1, 0
+        seen |= 1 << k
+        i = _ws_nb(buf, i, end)
+        if i >= end or buf[i] != 58:  # :
+            return -1, 0
+        i = _ws_nb(buf, i + 1, end)
+        if i >= end:
+            return -1, 0
+        if k == 0 or k == 3:  # type, tf
+            if buf[i] != 34:
+                return -1, 0
+            s, e, i = _string_nb(buf, i, end)
+            if e < 0:
+                return -1, 0
+            if k == 0:
+                if e - s != 9:
+                    return -1, 0
+                for j, c in enumerate((98, 97, 114, 95, 98, 97, 116, 99, 104)):  # bar_batch
+                    if buf[s + j] != c:
+                        return -1, 0
+            else:
+                code = _find_nb(buf, s, e, tfs, tf_at)
+                if code < 0:
+                    return -1, 0
+        elif k == 1:  # v: the integer literal 1
+            if buf[i] != 49:
+                return -1, 0
+            i += 1
+            if i < end and (48 <= buf[i] <= 57 or buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
+                return -1, 0
+        else:  # a column
+            if buf[i] != 91:  # [
+                return -1, 0
+            i, count = _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash,
+                                       pow10)  # fmt: skip
+            if count < 0 or (n >= 0 and count != n) or count > max_rows:
+                return -1, 0
+            n = count
+        i = _ws_nb(buf, i, end)
+        if i >= end:
+            return -1, 0
+        if buf[i] == 44:  # ,
+            i = _ws_nb(buf, i + 1, end)
+            continue
+        if buf[i] != 125:  # }
+            return -1, 0
+        i = _ws_nb(buf, i + 1, end)
+        if i == end and seen == _ALL_KEYS:
+            return n, code
+        return -1, 0
+
+
+@njit(cache=True)
+def _parse_batches_nb(buf, starts, todo, max_rows, rec, ts, cols, tf, sym_at, sym_hash, ok,
+                      keys, key_at, tfs, tf_at, pow10):  # fmt: skip
+    cap = ts.shape[0]
+    rows = 0
+    for j in range(todo.shape[0]):
+        r = todo[j]
+        n, code = _one_batch_nb(buf, starts[r], starts[r + 1], rows, cap, max_rows, ts, cols,
+                                sym_at, sym_hash, keys, key_at, tfs, tf_at, pow10)  # fmt: skip
+        if n > 0:
+            ok[j] = True
+            for q in range(rows, rows + n):
+                rec[q] = r
+                tf[q] = code
+            rows += n
+    return rows
+
+
+def parse_bar_batches(
+    buf: np.ndarray, starts: np.ndarray, todo: np.ndarray, max_rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse records ``todo`` (indices into ``starts``, as for :func:`parse_bars`) as
+    BarBatch messages — any key order and white space, the same certainty rules as a
+    Bar's — into rows, record after record. Returns ``ok`` (bool per ``todo`` entry: read
+    certainly as its BarBatch), then per row: ``rec`` (its record), ``ts``, ``cols``
+    (5 x rows), ``tf``, ``sym_at`` and ``sym_hash`` as :func:`parse_bars` gives them.
+    Records not ``ok`` are left to the general decoder."""
+    sizes = starts[todo + 1] - starts[todo]
+    cap = int((sizes // _MIN_ROW_BYTES + 1).sum())
+    rec = np.zeros(cap, dtype=np.int64)
+    ts = np.zeros(cap, dtype=np.int64)
+    cols = np.zeros((5, cap), dtype=np.float64)
+    tf = np.zeros(cap, dtype=np.int8)
+    sym_at = np.zeros((cap, 2), dtype=np.int64)
+    sym_hash = np.zeros(cap, dtype=np.uint64)
+    ok = np.zeros(todo.shape[0], dtype=np.bool_)
+    n = _parse_batches_nb(buf, starts, todo.astype(np.int64), max_rows, rec, ts, cols, tf,
+                          sym_at, sym_hash, ok, _BATCH_KEY_BYTES, _BATCH_KEY_AT, _TF_BYTES,
+                          _TF_AT, _POW10)  # fmt: skip
+    return ok, rec[:n], ts[:n], cols[:, :n], tf[:n], sym_at[:n], sym_hash[:n]

@@ -23,7 +23,12 @@ import orjson
 
 from technic_stream.kafka.blocks import RecordChain
 from technic_stream.kafka.dlq import KafkaRecord
-from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bars, same_bytes_nb
+from technic_stream.kernels.wire import (
+    TIMEFRAME_NAMES,
+    parse_bar_batches,
+    parse_bars,
+    same_bytes_nb,
+)
 from technic_stream.messages import MAX_BATCH_ROWS, MAX_TS_MS, TIMEFRAMES
 
 __all__ = ["BarRows", "TradeRows", "decode_bar_records", "decode_trade_records", "warm_decoder"]
@@ -165,6 +170,8 @@ def _column(
         arr = np.asarray(values)
     except (OverflowError, ValueError):
         return None, f"{name}: not a list of numbers"
+    if arr.ndim != 1:  # lists in the list (NumPy makes a table of them)
+        return None, f"{name}: not a list of numbers"
     kind = arr.dtype.kind
     # NumPy turns a boolean among numbers into 1/0; the models refuse it. count() is a
     # C loop (it also matches 1 and 0, so the exact check runs only when it hits).
@@ -273,11 +280,14 @@ def decode_bar_records(
     bad: list[tuple[KafkaRecord, str]] = []
     if not records:
         return _no_rows(), bad
-    wire, rest = _wire_bars(records, max_bytes)
+    try:
+        wire, rest, wire_batches = _wire_bars(records, max_bytes)
+    except _Collision:  # (two symbols with one 64-bit hash)
+        wire, rest, wire_batches = _no_rows(), list(range(len(records))), set()
     if not rest:
-        return _numeric_checks(wire, records, bad)
+        return _numeric_checks(wire, records, bad, wire_batches)
     others, batches = _general_rows([records[i] for i in rest], max_bytes, bad)
-    batches = {rest[i] for i in batches}
+    batches = {rest[i] for i in batches} | wire_batches
     others = replace(others, record=np.asarray(rest, dtype=np.int64)[others.record])
     if not len(wire):
         return _numeric_checks(others, records, bad, batches)
@@ -315,32 +325,70 @@ def _joined_values(records: Sequence[KafkaRecord]) -> tuple[np.ndarray, np.ndarr
     return np.frombuffer(b"".join(values), dtype=np.uint8), starts
 
 
-def _wire_bars(records: Sequence[KafkaRecord], max_bytes: int) -> tuple[BarRows, list[int]]:
-    """The records the numba parser reads with certainty, as rows (their indices in
-    ``record``), and the indices of the others."""
-    n = len(records)
+def _wire_bars(
+    records: Sequence[KafkaRecord], max_bytes: int
+) -> tuple[BarRows, list[int], set[int]]:
+    """The records the numba parsers read with certainty — single bars, then BarBatch
+    messages among the rest — as rows in record order (their indices in ``record``); the
+    indices of the others; and those of the batches."""
     buf, starts = _joined_values(records)
     ok, ts, cols, tf, sym_at, sym_hash = parse_bars(buf, starts)
-    ok &= np.diff(starts) <= max_bytes
-    idx = np.flatnonzero(ok)
+    small = np.diff(starts) <= max_bytes
+    ok &= small
+    idx = np.flatnonzero(ok)  # single bars
+    rec, ts, cols, tf, sym_at, sym_hash = idx, ts[idx], cols[:, idx], tf[idx], sym_at[idx], \
+        sym_hash[idx]  # fmt: skip
+    batches: set[int] = set()
+    todo = np.flatnonzero(~ok & small)
+    if len(todo):
+        done, b_rec, b_ts, b_cols, b_tf, b_at, b_hash = parse_bar_batches(
+            buf, starts, todo, MAX_BATCH_ROWS
+        )
+        if done.any():
+            taken = todo[done]
+            ok[taken] = True
+            batches = set(taken.tolist())
+            rec = np.concatenate((rec, b_rec))
+            order = np.argsort(rec, kind="stable")  # record order; a batch's rows in order
+            rec = rec[order]
+            ts = np.concatenate((ts, b_ts))[order]
+            cols = np.concatenate((cols, b_cols), axis=1)[:, order]
+            tf = np.concatenate((tf, b_tf))[order]
+            sym_at = np.concatenate((sym_at, b_at))[order]
+            sym_hash = np.concatenate((sym_hash, b_hash))[order]
     rest = np.flatnonzero(~ok).tolist()
-    if not len(idx):
-        return _no_rows(), rest
-    # one str per distinct symbol (its bytes compared, so a hash collision cannot merge two)
-    _, first, inverse = np.unique(sym_hash[idx], return_index=True, return_inverse=True)
-    at = sym_at[idx]
-    if not same_bytes_nb(buf, at, first[inverse]):
-        return _no_rows(), list(range(n))
+    if not len(rec):
+        return _no_rows(), rest, batches
+    return _coded_rows(buf, rec, ts, cols, tf, sym_at, sym_hash), rest, batches
+
+
+def _coded_rows(
+    buf: np.ndarray,
+    record: np.ndarray,
+    ts: np.ndarray,
+    cols: np.ndarray,
+    tf: np.ndarray,
+    sym_at: np.ndarray,
+    sym_hash: np.ndarray,
+) -> BarRows:
+    """Rows from the parsers' columns, with one str per distinct symbol (its bytes
+    compared, so a hash collision cannot merge two)."""
+    _, first, inverse = np.unique(sym_hash, return_index=True, return_inverse=True)
+    if not same_bytes_nb(buf, sym_at, first[inverse]):
+        raise _Collision
     arrival = np.argsort(first, kind="stable")  # the distinct symbols in arrival order
     code = np.empty_like(arrival)
     code[arrival] = np.arange(len(arrival))
     code = code[inverse.ravel()]
-    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in at[first[arrival]].tolist()],
-                     dtype=object)  # fmt: skip
-    o, h, lo, c, v = (col[idx] for col in cols)
-    rows = BarRows(idx.astype(np.int64), _TF_NAMES[tf[idx]], names[code], ts[idx],
-                   o, h, lo, c, v, names, code)  # fmt: skip
-    return rows, rest
+    spans = sym_at[first[arrival]].tolist()
+    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in spans], dtype=object)
+    o, h, lo, c, v = cols
+    return BarRows(record.astype(np.int64), _TF_NAMES[tf], names[code], ts, o, h, lo, c, v,
+                   names, code)  # fmt: skip
+
+
+class _Collision(Exception):
+    """Two symbols with one hash: the records go the general way."""
 
 
 def _no_rows() -> BarRows:

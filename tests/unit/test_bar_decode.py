@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 
 from technic_stream.errors import MessageDecodeError
 from technic_stream.kafka.blocks import FetchBlocks, RecordChain, chain_of
+from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bar_batches
 from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
-from technic_stream.messages import Bar, BarBatch, Trade, decode
+from technic_stream.messages import MAX_BATCH_ROWS, Bar, BarBatch, Trade, decode
 from tests.unit.test_messages import BAR
 from tests.unit.test_record_blocks import batch, partition_records
 
@@ -346,3 +348,142 @@ def test_records_framed_from_a_fetch_decode_as_the_same_records_do():
     assert sorted((r.offset, r.key) for r, _ in bad) == [(2, b"k2"), (4, b"k4"), (5, b"k5")]
     assert len(rows) == len(values) - 3 + 1  # the BarBatch holds two
     assert TopicPartition(bad[0][0].topic, bad[0][0].partition) == TopicPartition("t", 3)
+
+
+# The numba parser of BarBatch messages ----------------------------------------------
+
+_CORRUPTIONS = [
+    None, "short", "empty", "bool", "null", "string", "ts float", "big int", "escape",
+    "lower", "extra key", "no volume", "v 2", "type bar", "tf 2m", "nested", "17 digits",
+    "bad row",
+]  # fmt: skip
+
+
+def _batch_text(rows, rnd, ws, style, corrupt):
+    n = len(rows)
+    cols = {
+        "symbols": [f'"S{i % 5}"' for i in range(n)],
+        "ts": [str(1_700_000_000_000 + i) for i in range(n)],
+        "open": [], "high": [], "low": [], "close": [], "volume": [],
+    }  # fmt: skip
+    for a, b in rows:
+        lo, hi = sorted((a, b))
+        for f, x in (("open", lo), ("high", hi), ("low", lo), ("close", hi), ("volume", a)):
+            cols[f].append(_number_text(x, style))
+    fields = {"type": '"bar_batch"', "v": "1", "tf": '"1h"'}
+    bad = {
+        "short": ("close", lambda c: c[:-1]), "empty": ("open", lambda c: []),
+        "bool": ("high", lambda c: ["true", *c[1:]]),
+        "null": ("volume", lambda c: [*c[:-1], "null"]),
+        "string": ("low", lambda c: ['"1"', *c[1:]]),
+        "ts float": ("ts", lambda c: ["1.0", *c[1:]]),
+        "big int": ("open", lambda c: [str(2**70), *c[1:]]),
+        "escape": ("symbols", lambda c: ['"S\\u0030"', *c[1:]]),
+        "lower": ("symbols", lambda c: ['"s0"', *c[1:]]),
+        "nested": ("close", lambda c: ["[1]", *c[1:]]),
+        "17 digits": ("close", lambda c: ["1.0000000000000002", *c[1:]]),
+        "bad row": ("low", lambda c: [*c[:-1], "1e9"]),
+    }  # fmt: skip
+    if corrupt in bad:
+        f, change = bad[corrupt]
+        cols[f] = change(cols[f])
+    for f, c in cols.items():
+        fields[f] = "[" + ",".join(f"{ws}{x}{ws}" for x in c) + "]"
+    if corrupt == "extra key":
+        fields["note"] = '"x"'
+    elif corrupt == "no volume":
+        del fields["volume"]
+    elif corrupt == "v 2":
+        fields["v"] = "2"
+    elif corrupt == "type bar":
+        fields["type"] = '"bar"'
+    elif corrupt == "tf 2m":
+        fields["tf"] = '"2m"'
+    keys = list(fields)
+    rnd.shuffle(keys)
+    return ("{" + ",".join(f'{ws}"{k}"{ws}:{ws}{fields[k]}{ws}' for k in keys) + "}").encode()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(prices, prices), min_size=1, max_size=8),
+            st.integers(0, 4),
+            st.sampled_from(_CORRUPTIONS),
+        ),
+        min_size=1, max_size=6,
+    ),
+    st.randoms(use_true_random=False),
+    st.sampled_from(["", " ", "\n\t"]),
+    st.booleans(),
+)  # fmt: skip
+def test_the_batch_parser_reads_exactly_what_orjson_and_the_model_read(batches, rnd, ws, single):
+    """BarBatch records in any key order, white space and number style, some broken in
+    one way, among single bars or alone: the rows are the model's, bit for bit, in record
+    order, and each broken record gets the verdict the general decoder gives it."""
+    recs = []
+    for i, (rows, style, corrupt) in enumerate(batches):
+        if single:
+            recs.append(Rec(orjson.dumps({**GOOD, "symbol": f"B{i}"}), offset=len(recs)))
+        recs.append(Rec(_batch_text(rows, rnd, ws, style, corrupt), offset=len(recs)))
+    rows, bad = decode_bar_records(recs)
+    general = [decode_bar_records([r]) for r in recs]  # each record alone
+    bad.sort(key=lambda b: b[0].offset)  # (the shape's verdicts come before the numbers')
+    assert [r for r, _ in bad] == [r for r in recs if not _model_ok(r.value)]
+    assert [why for _, why in bad] == [why for _, b in general for _, why in b]
+    want_sym, want_rec, want = [], [], {f: [] for f in ("ts", "open", "high", "low", "close",
+                                                         "volume")}  # fmt: skip
+    for i, r in enumerate(recs):
+        if not _model_ok(r.value):
+            continue
+        m = decode(r.value)
+        if isinstance(m, BarBatch):
+            want_sym += m.symbols
+            want_rec += [i] * len(m.symbols)
+            for f in want:
+                want[f] += [float(x) if f != "ts" else x for x in getattr(m, f)]
+        else:
+            want_sym.append(m.symbol)
+            want_rec.append(i)
+            for f in want:
+                want[f].append(float(getattr(m, f)) if f != "ts" else m.ts)
+    assert rows.record.tolist() == want_rec and rows.symbol.tolist() == want_sym
+    assert rows.ts.tolist() == want["ts"]
+    for f in ("open", "high", "low", "close", "volume"):
+        assert [x.hex() for x in getattr(rows, f).tolist()] == [x.hex() for x in want[f]], f
+    _assert_coded(rows)
+
+
+def test_a_batch_over_the_row_limit_gets_the_general_decoders_reason():
+    n = MAX_BATCH_ROWS + 1
+    batch = {"type": "bar_batch", "v": 1, "tf": "1m", "symbols": ["A"] * n, "ts": [1] * n,
+             **{f: [1.0] * n for f in ("open", "high", "low", "close", "volume")}}  # fmt: skip
+    rows, bad = decode_bar_records([Rec(orjson.dumps(batch))])
+    assert len(rows) == 0 and bad[0][1] == f"symbols: {n} rows exceed the limit of {MAX_BATCH_ROWS}"
+
+
+@pytest.mark.parametrize("corrupt", _CORRUPTIONS)
+def test_the_batch_parser_takes_what_it_is_sure_of_and_leaves_the_rest(corrupt):
+    """Valid batches (in any key order and spacing; a bad row is the numeric checks'
+    business) are read by the numba parser; anything else is left to the general one."""
+    text = _batch_text([(1.5, 2.25), (3.0, 2.5)], random.Random(5), " ", 1, corrupt)
+    buf = np.frombuffer(text, dtype=np.uint8)
+    starts = np.array([0, len(text)], dtype=np.int64)
+    ok, rec, ts, cols, tf, sym_at, _ = parse_bar_batches(buf, starts, np.array([0]), 10)
+    assert ok.tolist() == [corrupt in (None, "bad row")]
+    if ok[0]:
+        assert rec.tolist() == [0, 0] and TIMEFRAME_NAMES[tf[0]] == "1h"
+        assert cols[1].tolist() == [2.25, 3.0] and ts.tolist() == [1_700_000_000_000 + i
+                                                                    for i in range(2)]  # fmt: skip
+        assert [text[a:b] for a, b in sym_at.tolist()] == [b"S0", b"S1"]
+    over = parse_bar_batches(buf, starts, np.array([0]), 1)[0]  # more rows than allowed
+    assert not over[0]
+
+
+def test_a_batch_column_of_lists_is_rejected_not_read_as_a_table():
+    """NumPy makes ``[[1]]`` a 1x1 table of integers; it is no list of numbers (this
+    record once crashed the decoder's numeric checks)."""
+    text = _batch_text([(1.5, 2.25)], random.Random(5), "", 0, "nested")
+    rows, bad = decode_bar_records([Rec(text)])
+    assert len(rows) == 0 and bad[0][1] == "close: not a list of numbers"
+    assert not _model_ok(text)
