@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -138,14 +137,20 @@ class _RuleAlerts:
     rule: LiveRule
     per_bar: bool  # once_per_bar(_close): marked in the partition when it fires
     cands: Candidates
-    parts: list[PartitionState] = field(default_factory=list)  # per candidate
+    #: the partition of candidates start:stop (one span per partition the batch holds)
+    spans: list[tuple[PartitionState, int, int]] = field(default_factory=list)
     symbols: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # its place among the batch's candidates
 
+    def part_of(self, j: int) -> PartitionState:
+        for part, start, stop in self.spans:
+            if start <= j < stop:
+                return part
+        raise IndexError(j)
+
 
 _PER_BAR = frozenset(("once_per_bar", "once_per_bar_close"))
-_by_order = itemgetter(0)
 
 
 @dataclass
@@ -461,7 +466,7 @@ class EngineService:
             c.symbols += [sym.encode() for sym in syms]
             c.alert_ids += ids
             c.data += data
-            g.parts += [part] * len(syms)
+            g.spans.append((part, len(g.symbols), len(g.symbols) + len(syms)))
             g.symbols += syms
             g.ts += ts
             g.order += (js + base).tolist()
@@ -479,41 +484,79 @@ class EngineService:
         """Act on the gate's decisions: status changes, and each firing to
         ``alerts.fired`` in the order the batch found the candidates (a replayed firing
         goes again, under the same id — it is in the channel already — unless this
-        process sent it: a once-per-bar firing it has marked)."""
-        out: list[tuple[int, bytes, bytes]] = []
-        fired = replayed = suppressed = 0
+        process sent it: a once-per-bar firing it has marked). A rule's firings are
+        marked and gathered a span at a time; candidate by candidate only when the gate
+        answers a once-per-bar rule with a replay."""
+        order: list[int] = []
+        out: list[tuple[bytes, bytes]] = []
+        sent = replayed = suppressed = 0
         for g, reply in zip(alerts, replies, strict=True):
             d = Decision.of(reply)
             rule, m = g.rule, g.rule.message
-            if len(d.flags) != len(g.order):
-                raise RuntimeError(f"the gate decided {len(d.flags)} of {len(g.order)} alerts")
+            flags, n = d.flags, len(g.order)
+            if len(flags) != n:
+                raise RuntimeError(f"the gate decided {len(flags)} of {n} alerts")
             if d.changed_at or (d.status != ACTIVE and rule.status == ACTIVE):
                 self.rules.set_status(m.rule_id, d.status, d.reason)
                 await self._status_changed(rule)
+            marked = g.per_bar and "R" in flags
+            chosen: list[int] | None
+            if marked:  # (rare) replays of a once-per-bar rule: one by one
+                chosen = self._replays(g, flags)
+            elif flags.count("1") + flags.count("R") == n:  # (the usual: every one fires)
+                chosen = None
+            else:
+                chosen = [j for j, f in enumerate(flags) if f == "1" or f == "R"]
+            if chosen is None:
+                sent += n
+                replayed += flags.count("R")
+            else:
+                sent += len(chosen)
+                replayed += sum(1 for j in chosen if flags[j] == "R")
+                suppressed += n - len(chosen)
+            if g.per_bar and not marked:  # the marks, a partition's span at a time
+                for part, start, stop in g.spans:
+                    js = range(start, stop) if chosen is None else [
+                        j for j in chosen if start <= j < stop
+                    ]  # fmt: skip
+                    if js:
+                        marks = part.fired.setdefault(m.rule_id, {})
+                        marks.update((g.symbols[j], g.ts[j]) for j in js)
+            data = g.cands.data
             owner = m.owner.encode()
-            for j, f in enumerate(d.flags):
-                if f in "0r":
-                    suppressed += 1
-                    continue
-                part, sym, ts = g.parts[j], g.symbols[j], g.ts[j]
-                if f == "R":
-                    if g.per_bar and part.already_fired(m.rule_id, sym, ts):
-                        # a correction of a bar whose firing the batch before sent (it
-                        # was computed while that batch's decisions were on their way)
-                        suppressed += 1
-                        continue
-                    replayed += 1
-                else:
-                    fired += 1
-                if g.per_bar:
-                    part.mark_fired(m.rule_id, sym, ts)
-                out.append((g.order[j], owner, g.cands.data[j]))
-        out.sort(key=_by_order)
-        await self.producer.send_many(self.alerts_topic, [(k, v) for _, k, v in out])
-        for outcome, n in (("fired", fired), ("replayed", replayed), ("suppressed", suppressed)):
-            if n:
-                ALERTS.labels(outcome).inc(n)
+            if chosen is None:
+                order += g.order
+                out += [(owner, v) for v in data]
+            else:
+                order += [g.order[j] for j in chosen]
+                out += [(owner, data[j]) for j in chosen]
+        if len(alerts) > 1:  # the rules' firings interleaved back into the batch's order
+            out = [out[i] for i in np.argsort(np.array(order), kind="stable").tolist()]
+        await self.producer.send_many(self.alerts_topic, out)
+        for outcome, count in (("fired", sent - replayed), ("replayed", replayed),
+                               ("suppressed", suppressed)):  # fmt: skip
+            if count:
+                ALERTS.labels(outcome).inc(count)
         self.alerts_sent += len(out)
+
+    @staticmethod
+    def _replays(g: _RuleAlerts, flags: str) -> list[int]:
+        """The candidates of a once-per-bar rule to send, one by one in order (a replay
+        of a firing already marked — a correction of a bar whose firing the batch before
+        sent, computed while that batch's decisions were on their way — is not sent
+        again; a firing marks its bar as it goes)."""
+        rule_id = g.rule.rule_id
+        chosen = []
+        for j, f in enumerate(flags):
+            if f != "1" and f != "R":
+                continue
+            part = g.part_of(j)
+            sym, ts = g.symbols[j], g.ts[j]
+            if f == "R" and part.already_fired(rule_id, sym, ts):
+                continue
+            part.mark_fired(rule_id, sym, ts)
+            chosen.append(j)
+        return chosen
 
     async def _status_changed(self, rule: LiveRule) -> None:
         m = rule.message

@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from technic_stream.kafka import Producer
 from technic_stream.messages import Alert, alert_id, decode
 from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate
@@ -162,3 +163,36 @@ async def test_a_rule_added_mid_stream_is_warmed_from_history_and_fires_exactly(
                              expect=len(want) + 1, wait_s=5)  # fmt: skip
     assert want, "the data should cross somewhere"
     assert {(a.rule_id, a.symbol, a.ts) for a in (decode(r.value, Alert) for r in fired)} == want
+
+
+async def test_corrections_fire_once_per_bar_and_every_time_per_print(settings):
+    """Each bar of S0 printed three times (its close and two corrections, all in one
+    fetch, so one batch gives the gate the same alert id again): a ``once_per_bar`` rule
+    that holds on every print sends one alert per bar, ``once_per_bar_close`` one per
+    close, and ``every_time`` one per print (the correction's number in its id)."""
+    series = market(1, 12, seed=3)
+    topic = topic_name(settings.topic_prefix, "md.bars")
+    async with Producer(settings) as producer:
+        for j in range(12):
+            first = orjson.loads(bar_bytes("S0", series["S0"], j))
+            for k in range(3):  # the close, then two corrections (volume changes)
+                print_ = {**first, "volume": first["volume"] + k}
+                await producer.send(topic, orjson.dumps(print_), key=b"S0")
+        await producer.flush()
+    await send_rules(settings, [
+        rule("per_bar", "volume > 0", mode="once_per_bar"),
+        rule("on_close", "volume > 0"),
+        rule("each", "volume > 0", mode="every_time"),
+    ])  # fmt: skip
+    async with running_engine(settings) as engine:
+        await wait_for(lambda: engine.consumer.records_processed >= 36, "all prints")
+    fired = await read_topic(settings, topic_name(settings.topic_prefix, "alerts.fired"),
+                             expect=12 * 5 + 1, wait_s=5)  # fmt: skip
+    alerts = [decode(r.value, Alert) for r in fired]
+    ts = [int(t) for t in series["S0"][0]]
+    by_rule = {r: [a for a in alerts if a.rule_id == r] for r in ("per_bar", "on_close", "each")}
+    assert [a.ts for a in by_rule["per_bar"]] == ts
+    assert [a.ts for a in by_rule["on_close"]] == ts
+    assert sorted(a.ts for a in by_rule["each"]) == sorted(ts * 3)
+    assert len({a.alert_id for a in by_rule["each"]}) == 36
+    assert all(a.alert_id == alert_id("per_bar", "S0", TF, a.ts) for a in by_rule["per_bar"])
