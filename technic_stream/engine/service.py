@@ -62,7 +62,7 @@ from technic_stream.kafka.follower import TopicFollower
 from technic_stream.marketdata.decode import BarRows, decode_bar_records, warm_decoder
 from technic_stream.messages import AlertRule, decode
 from technic_stream.redis import redis_client
-from technic_stream.redis.alert_gate import AlertGate, Candidates, Decision
+from technic_stream.redis.alert_gate import AlertGate, Candidates, Decision, GateRule
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
 from technic_stream.redis.interest import ChannelInterest
@@ -458,10 +458,10 @@ class EngineService:
             )
             g = alerts.get(m.rule_id)
             if g is None:
-                g = alerts[m.rule_id] = _RuleAlerts(rule, per_bar, Candidates(
+                g = alerts[m.rule_id] = _RuleAlerts(rule, per_bar, Candidates(GateRule(
                     m.rule_id, m.ts, m.mode, m.cooldown_s, m.expires_at, m.throttle_max,
-                    m.throttle_window_s, f"alerts.{m.owner}", [], [], [],
-                ))  # fmt: skip
+                    m.throttle_window_s, f"alerts.{m.owner}",
+                ), [], [], []))  # fmt: skip
             c = g.cands
             c.symbols += [sym.encode() for sym in syms]
             c.alert_ids += ids

@@ -116,6 +116,21 @@ def _ticker_ok_nb(buf, start, stop):
 
 
 @njit(cache=True)
+def _symbol_nb(buf, s, e, r, sym_at, sym_hash):
+    """Record ``buf[s:e]`` as row ``r``'s symbol (where, and its FNV-1a hash) if it is a
+    ticker; False if not."""
+    if not _ticker_ok_nb(buf, s, e):
+        return False
+    h = _FNV_OFFSET
+    for j in range(s, e):
+        h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+    sym_at[r, 0] = s
+    sym_at[r, 1] = e
+    sym_hash[r] = h
+    return True
+
+
+@njit(cache=True)
 def _number_nb(buf, i, end, pow10):
     """Parse the JSON number at ``i``: (value, next, kind) with kind 0 not exactly
     representable by the fast path (or not a number), 1 an integer literal, 2 a
@@ -242,14 +257,8 @@ def _one_bar_nb(buf, i, end, r, ts, cols, tf, sym_at, sym_hash, keys, key_at, tf
                 if not (e - s == 3 and buf[s] == 98 and buf[s + 1] == 97 and buf[s + 2] == 114):
                     return False  # not "bar"
             elif k == 2:
-                if not _ticker_ok_nb(buf, s, e):
+                if not _symbol_nb(buf, s, e, r, sym_at, sym_hash):
                     return False
-                h = _FNV_OFFSET
-                for j in range(s, e):
-                    h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
-                sym_at[r, 0] = s
-                sym_at[r, 1] = e
-                sym_hash[r] = h
             else:
                 code = _find_nb(buf, s, e, tfs, tf_at)
                 if code < 0:
@@ -345,14 +354,8 @@ def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10
             if i >= end or buf[i] != 34:
                 return i, -1
             s, e, i = _string_nb(buf, i, end)
-            if e < 0 or not _ticker_ok_nb(buf, s, e):
+            if e < 0 or not _symbol_nb(buf, s, e, r, sym_at, sym_hash):
                 return i, -1
-            h = _FNV_OFFSET
-            for j in range(s, e):
-                h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
-            sym_at[r, 0] = s
-            sym_at[r, 1] = e
-            sym_hash[r] = h
         elif k == 4:  # ts
             v, i, good = _integer_nb(buf, i, end)
             if not good:

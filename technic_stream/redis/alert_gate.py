@@ -26,7 +26,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -34,7 +33,7 @@ import redis.asyncio as aioredis
 from technic_stream.redis.channels import APPEND_LUA, ChannelPublisher
 from technic_stream.redis.resp import Arg, Script, execute, pack_args
 
-__all__ = ["AlertGate", "Candidates", "Decision", "GateRequest", "GateVerdict", "new_request"]
+__all__ = ["AlertGate", "Candidates", "Decision", "GateRequest", "GateRule", "GateVerdict"]
 
 # One rule's candidates, in order. KEYS: rule, fires, last, the owner channel's meta and
 # hist ('' and '': no channel), then one decision key per candidate; ARGV: version, mode,
@@ -150,7 +149,9 @@ return {st[1] or status, st[2] or ''}
 """
 
 
-class GateRequest(NamedTuple):  # (a tuple: one is made per candidate)
+class GateRule(NamedTuple):
+    """What the gate needs of a rule: the same for each of its candidates."""
+
     rule_id: str
     version: int  # the rule's ts
     mode: str
@@ -158,15 +159,16 @@ class GateRequest(NamedTuple):  # (a tuple: one is made per candidate)
     expires_at: int | None
     throttle_max: int
     throttle_window_s: int
+    channel: str | None = None  # where a firing is appended (the owner's alerts channel)
+
+
+class GateRequest(NamedTuple):
+    """One candidate (see :meth:`AlertGate.decide`)."""
+
+    rule: GateRule
     symbol: str
     alert_id: str
-    channel: str | None = None  # where a firing is appended (the owner's alerts channel)
     data: bytes | None = None  # the alert as JSON, appended when it fires
-
-
-#: a GateRequest from a tuple of its fields, in order: a C call, where the class's own
-#: ``__new__`` is a Python one (the engine makes one per candidate)
-new_request = partial(tuple.__new__, GateRequest)
 
 
 class GateVerdict(NamedTuple):  # (a tuple: one is made per candidate)
@@ -185,14 +187,7 @@ class Candidates:
     """One rule's candidates, in order, as columns: what the gate decides in one script
     call (the engine gathers a batch's candidates this way, without an object each)."""
 
-    rule_id: str
-    version: int  # the rule's ts
-    mode: str
-    cooldown_s: int
-    expires_at: int | None
-    throttle_max: int
-    throttle_window_s: int
-    channel: str | None  # where a firing is appended (the owner's alerts channel)
+    rule: GateRule
     symbols: list[bytes]
     alert_ids: list[bytes]
     data: list[bytes]  # each alert as JSON, appended when it fires
@@ -247,13 +242,11 @@ class AlertGate:
         :func:`~technic_stream.redis.resp.execute`), and the request indices per call."""
         by_rule: dict[str, list[int]] = {}
         for i, r in enumerate(requests):
-            by_rule.setdefault(r.rule_id, []).append(i)
+            by_rule.setdefault(r.rule.rule_id, []).append(i)
         calls = []
         for idx in by_rule.values():
-            r = requests[idx[0]]
             calls.append(self.call(Candidates(
-                r.rule_id, r.version, r.mode, r.cooldown_s, r.expires_at, r.throttle_max,
-                r.throttle_window_s, r.channel,
+                requests[idx[0]].rule,
                 [requests[i].symbol.encode() for i in idx],
                 [requests[i].alert_id.encode() for i in idx],
                 [requests[i].data or b"null" for i in idx],
@@ -265,15 +258,16 @@ class AlertGate:
         then a decision key and three arguments per candidate, each candidate's in one
         format step (packing them as separate arguments had cost more than the rest of
         an alert's way through the engine)."""
-        base = self.rule_key(c.rule_id)
+        r = c.rule
+        base = self.rule_key(r.rule_id)
         keys: list[Arg] = [base, f"{base}:fires", f"{base}:last"]
         args: list[Arg] = [
-            c.version, c.mode, c.cooldown_s * 1000, c.expires_at or 0,
-            c.throttle_max, c.throttle_window_s * 1000, self.decision_ttl_s,
+            r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0,
+            r.throttle_max, r.throttle_window_s * 1000, self.decision_ttl_s,
         ]  # fmt: skip
-        if c.channel is not None and self._publisher is not None:
-            keys += self._publisher.keys(c.channel)[:2]
-            args += [c.channel, *self._publisher.append_args()[:2], secrets.token_hex(6)]
+        if r.channel is not None and self._publisher is not None:
+            keys += self._publisher.keys(r.channel)[:2]
+            args += [r.channel, *self._publisher.append_args()[:2], secrets.token_hex(6)]
         else:
             keys += ["", ""]
             args += ["", 0, 0, ""]

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from technic_stream.redis import redis_client
-from technic_stream.redis.alert_gate import AlertGate, GateRequest
+from technic_stream.redis.alert_gate import AlertGate, GateRequest, GateRule
 from technic_stream.redis.channels import ChannelPublisher
 
 
@@ -26,8 +26,9 @@ def req(rule: str, symbol: str, *, mode: str = "once_per_bar_close", cooldown_s:
         version: int = 1) -> GateRequest:  # fmt: skip
     aid = uuid.uuid4().hex
     data = orjson.dumps({"alert_id": aid, "symbol": symbol})
-    return GateRequest(rule, version, mode, cooldown_s, expires_at, throttle_max, window_s,
-                       symbol, aid, "alerts.ann", data)  # fmt: skip
+    terms = GateRule(rule, version, mode, cooldown_s, expires_at, throttle_max, window_s,
+                     "alerts.ann")  # fmt: skip
+    return GateRequest(terms, symbol, aid, data)
 
 
 def gate_for(redis, settings) -> tuple[AlertGate, ChannelPublisher]:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from technic_stream.redis.alert_gate import _GATE, AlertGate, Candidates
+from technic_stream.redis.alert_gate import _GATE, AlertGate, Candidates, GateRule
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.resp import Script, pack
 
@@ -15,13 +15,14 @@ _text = st.binary(min_size=0, max_size=40)
 
 
 def _slow(gate: AlertGate, pub: ChannelPublisher | None, c: Candidates) -> bytes:
-    base = gate.rule_key(c.rule_id)
+    r = c.rule
+    base = gate.rule_key(r.rule_id)
     keys: list = [base, f"{base}:fires", f"{base}:last"]
-    args: list = [c.version, c.mode, c.cooldown_s * 1000, c.expires_at or 0, c.throttle_max,
-                  c.throttle_window_s * 1000, gate.decision_ttl_s]  # fmt: skip
-    if pub is not None and c.channel is not None:
-        keys += pub.keys(c.channel)[:2]
-        args += [c.channel, *pub.append_args()[:2], None]  # the epoch: compared apart
+    args: list = [r.version, r.mode, r.cooldown_s * 1000, r.expires_at or 0, r.throttle_max,
+                  r.throttle_window_s * 1000, gate.decision_ttl_s]  # fmt: skip
+    if pub is not None and r.channel is not None:
+        keys += pub.keys(r.channel)[:2]
+        args += [r.channel, *pub.append_args()[:2], None]  # the epoch: compared apart
     else:
         keys += ["", ""]
         args += ["", 0, 0, ""]
@@ -55,7 +56,7 @@ def _split(packed: bytes) -> list[bytes]:
 def test_the_packed_call_is_the_argument_by_argument_command(with_channel, cands, expires):
     pub = ChannelPublisher(None, "p:") if with_channel else None  # type: ignore[arg-type]
     gate = AlertGate(None, "p:", publisher=pub)  # type: ignore[arg-type]
-    c = Candidates("r1", 7, "every_time", 30, expires, 15, 180, "alerts.ann",
+    c = Candidates(GateRule("r1", 7, "every_time", 30, expires, 15, 180, "alerts.ann"),
                    [s for s, _, _ in cands], [a for _, a, _ in cands],
                    [d for _, _, d in cands])  # fmt: skip
     keys, args = _slow(gate, pub, c)
@@ -71,6 +72,6 @@ def test_the_packed_call_is_the_argument_by_argument_command(with_channel, cands
 
 def test_candidates_of_unequal_lengths_are_refused():
     gate = AlertGate(None, "p:")  # type: ignore[arg-type]
-    c = Candidates("r1", 1, "once", 0, None, 1, 1, None, [b"A"], [b"x", b"y"], [b"{}"])
+    c = Candidates(GateRule("r1", 1, "once", 0, None, 1, 1), [b"A"], [b"x", b"y"], [b"{}"])
     with pytest.raises(ValueError, match="1 symbols, 2 alert ids"):
         gate.call(c)
