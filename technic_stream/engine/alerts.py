@@ -19,23 +19,44 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
+from technic_stream.kernels.digest import DIGEST_HEX, alert_ids_nb
+
 __all__ = ["AlertTemplate", "alert_ids"]
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_NO_SEQS = np.empty(0, dtype=np.int64)
+_FEW = 8  # fewer ids than this are hashed one by one
 
 
 def alert_ids(
     rule_id: str, tf: str, symbols: Sequence[str], ts: Sequence[int], seqs: Sequence[int] | None
 ) -> list[bytes]:
     """:func:`~technic_stream.messages.alert_id` of each (symbol, ts, seq), as ASCII hex;
-    ``seqs`` None: every seq 0."""
+    ``seqs`` None: every seq 0. Many are hashed in one numba call (~0.5 µs an id against
+    ~1.6 through ``hashlib``); a few, one by one (the numba call's fixed cost is ~8 µs)."""
+    n = len(symbols)
+    if n < _FEW:
+        return _alert_ids_one_by_one(rule_id, tf, symbols, ts, seqs)
+    joined = "".join(symbols).encode()
+    if joined.isascii():  # a symbol's bytes are its characters
+        lengths = np.fromiter(map(len, symbols), dtype=np.int64, count=n)
+    else:
+        lengths = np.fromiter((len(s.encode()) for s in symbols), dtype=np.int64, count=n)
+    raw = alert_ids_nb(
+        f"{rule_id}\x1f".encode(), f"\x1f{tf}\x1f".encode(), joined, lengths,
+        np.asarray(ts, dtype=np.int64),
+        _NO_SEQS if seqs is None else np.asarray(seqs, dtype=np.int64),
+    ).tobytes()  # fmt: skip
+    return [raw[i : i + DIGEST_HEX] for i in range(0, n * DIGEST_HEX, DIGEST_HEX)]
+
+
+def _alert_ids_one_by_one(
+    rule_id: str, tf: str, symbols: Sequence[str], ts: Sequence[int], seqs: Sequence[int] | None
+) -> list[bytes]:
     pre, mid = f"{rule_id}\x1f", f"\x1f{tf}\x1f"
     blake = hashlib.blake2b
     if seqs is None:
-        return [
-            hexlify(blake(f"{pre}{s}{mid}{t}".encode(), digest_size=16).digest())
-            for s, t in zip(symbols, ts, strict=True)
-        ]
+        seqs = [0] * len(symbols)
     return [
         hexlify(blake(
             (f"{pre}{s}{mid}{t}\x1f{q}" if q else f"{pre}{s}{mid}{t}").encode(), digest_size=16

@@ -16,6 +16,7 @@ from technic_stream.messages import Alert, alert_id
 
 _symbols = st.text(st.sampled_from('ABCXYZ.-^%"\\é'), min_size=1, max_size=8)
 _floats = st.floats(allow_nan=True, allow_infinity=True)
+_LONG_RULE_ID = "".join(map(chr, range(0x100, 0x146)))  # 140 bytes, none repeating
 
 
 def _dict(aid, rule_id, owner, sym, tf, ts, now, close, names, row, msg):
@@ -70,14 +71,20 @@ def test_a_rendered_alert_is_a_valid_alert_message():
     assert (alert.values, alert.message, alert.close) == ({"rsi_14": 28.5}, None, 187.25)
 
 
-@given(st.lists(st.tuples(_symbols, st.integers(0, 2**62), st.integers(0, 50)), max_size=20))
-def test_alert_ids_are_alert_id(rows):
+@given(
+    rows=st.lists(st.tuples(_symbols, st.integers(0, 2**62), st.integers(0, 50)), max_size=40),
+    rule_id=st.sampled_from(["r9", _LONG_RULE_ID]),
+)  # fmt: skip
+@example(rows=[(f"S{i}", 1_767_000_000_000 + i, i % 3) for i in range(30)], rule_id=_LONG_RULE_ID)
+def test_alert_ids_are_alert_id(rows, rule_id):
+    """Few ids (hashed one by one) and many (in one numba call), ASCII symbols or not,
+    a rule id longer than BLAKE2b's block."""
     syms, ts, seqs = ([r[i] for r in rows] for i in range(3))
-    assert [a.decode() for a in alert_ids("r9", "5m", syms, ts, seqs)] == [
-        alert_id("r9", s, "5m", t, q) for s, t, q in rows
+    assert [a.decode() for a in alert_ids(rule_id, "5m", syms, ts, seqs)] == [
+        alert_id(rule_id, s, "5m", t, q) for s, t, q in rows
     ]
-    assert [a.decode() for a in alert_ids("r9", "5m", syms, ts, None)] == [
-        alert_id("r9", s, "5m", t) for s, t, _ in rows
+    assert [a.decode() for a in alert_ids(rule_id, "5m", syms, ts, None)] == [
+        alert_id(rule_id, s, "5m", t) for s, t, _ in rows
     ]
 
 
