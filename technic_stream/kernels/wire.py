@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["BAR_KEYS", "BATCH_KEYS", "TIMEFRAME_NAMES", "parse_bar_batches", "parse_bars",
-           "same_bytes_nb"]  # fmt: skip
+__all__ = ["BAR_KEYS", "BATCH_KEYS", "TIMEFRAME_NAMES", "joined_symbols_nb", "parse_bar_batches",
+           "parse_bars", "same_bytes_nb"]  # fmt: skip
 
 #: key codes of a Bar object, in the order of the output columns
 BAR_KEYS = ("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume")
@@ -335,6 +335,27 @@ def same_bytes_nb(buf, sym_at, rep):
             if buf[s + j] != buf[qs + j]:
                 return False
     return True
+
+
+@njit(cache=True)
+def joined_symbols_nb(buf, sym_at, picks):
+    """The symbols of rows ``picks``, in that order, with a newline after each but the
+    last (a ticker holds none): one string to decode and split for all of them, where a
+    decode per symbol cost ~0.5 µs."""
+    size = 0
+    for r in picks:
+        size += sym_at[r, 1] - sym_at[r, 0] + 1
+    out = np.empty(max(size - 1, 0), dtype=np.uint8)
+    w = 0
+    for k in range(picks.shape[0]):
+        r = picks[k]
+        if k:
+            out[w] = 10
+            w += 1
+        for j in range(sym_at[r, 0], sym_at[r, 1]):
+            out[w] = buf[j]
+            w += 1
+    return out
 
 
 @njit(cache=True)

@@ -25,6 +25,7 @@ from technic_stream.kafka.blocks import RecordChain
 from technic_stream.kafka.dlq import KafkaRecord
 from technic_stream.kernels.wire import (
     TIMEFRAME_NAMES,
+    joined_symbols_nb,
     parse_bar_batches,
     parse_bars,
     same_bytes_nb,
@@ -380,8 +381,10 @@ def _coded_rows(
     code = np.empty_like(arrival)
     code[arrival] = np.arange(len(arrival))
     code = code[inverse.ravel()]
-    spans = sym_at[first[arrival]].tolist()
-    names = np.array([buf[a:b].tobytes().decode("ascii") for a, b in spans], dtype=object)
+    names = np.array(
+        joined_symbols_nb(buf, sym_at, first[arrival]).tobytes().decode("ascii").split("\n"),
+        dtype=object,
+    )
     o, h, lo, c, v = cols
     return BarRows(record.astype(np.int64), _TF_NAMES[tf], names[code], ts, o, h, lo, c, v,
                    names, code)  # fmt: skip

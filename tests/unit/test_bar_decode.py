@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from technic_stream.errors import MessageDecodeError
 from technic_stream.kafka.blocks import FetchBlocks, RecordChain, chain_of
-from technic_stream.kernels.wire import TIMEFRAME_NAMES, parse_bar_batches
+from technic_stream.kernels.wire import TIMEFRAME_NAMES, joined_symbols_nb, parse_bar_batches
 from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
 from technic_stream.messages import MAX_BATCH_ROWS, Bar, BarBatch, Trade, decode
 from tests.unit.test_messages import BAR
@@ -487,3 +487,18 @@ def test_a_batch_column_of_lists_is_rejected_not_read_as_a_table():
     rows, bad = decode_bar_records([Rec(text)])
     assert len(rows) == 0 and bad[0][1] == "close: not a list of numbers"
     assert not _model_ok(text)
+
+
+@given(st.lists(st.from_regex(r"[A-Z0-9][A-Z0-9._/:^=-]{0,31}", fullmatch=True), max_size=20),
+       st.randoms(use_true_random=False))  # fmt: skip
+def test_joined_symbols_are_the_picked_rows_symbols_in_order(symbols, rnd):
+    raw = [s.encode() for s in symbols]
+    buf = np.frombuffer(b"|".join(raw) or b"-", dtype=np.uint8)
+    spans, at = [], 0
+    for r in raw:
+        spans.append((at, at + len(r)))
+        at += len(r) + 1
+    sym_at = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    picks = np.array(rnd.sample(range(len(raw)), len(raw)), dtype=np.int64)
+    got = joined_symbols_nb(buf, sym_at, picks).tobytes().decode("ascii")
+    assert (got.split("\n") if len(picks) else []) == [symbols[i] for i in picks]
