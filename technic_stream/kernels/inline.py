@@ -96,12 +96,21 @@ def _lines_nb(js, ts, keys, key_at, names, name_at, out, line_at, hset, nan):
     return w
 
 
-def hset_lines(keys: list[bytes], names: list[bytes], ts: np.ndarray,
-               values: np.ndarray) -> tuple[bytes, np.ndarray] | None:  # fmt: skip
+def hset_lines(
+    keys: list[bytes],
+    names: list[bytes],
+    ts: np.ndarray,
+    values: np.ndarray,
+    scratch: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """One inline ``HSET`` line per row (fields ``names``: the integer ``ts`` first, then
     the columns of ``values``) end to end, and each line's start (one more than rows);
     None if orjson's text was not the expected shape. The caller makes sure keys and
-    names are single words and no value is infinite (orjson writes it as NaN)."""
+    names are single words and no value is infinite (orjson writes it as NaN).
+
+    The lines are written into ``scratch`` when it is large enough (else into a new
+    array, which the caller may keep as its next scratch: it is the view's ``base``): a
+    fresh buffer per call cost more in page faults, on our VM, than writing the lines."""
     rows = values.shape[0]
     if len(names) != values.shape[1] + 1 or len(keys) != rows:
         raise ValueError("one name per value column, after ts; one key per row")
@@ -118,10 +127,13 @@ def hset_lines(keys: list[bytes], names: list[bytes], ts: np.ndarray,
     np.cumsum([len(n) for n in names], out=name_at[1:])
     size = len(js) + rows * (len(_HSET) + 24 + 2 + 2 * len(names)) + len(key_buf)
     size += rows * len(name_buf) + 3 * values.size
-    out = np.empty(size, dtype=np.uint8)
+    if scratch is not None and scratch.shape[0] >= size:
+        out = scratch
+    else:
+        out = np.empty(max(size, 2 * (0 if scratch is None else scratch.shape[0])), np.uint8)
     line_at = np.empty(rows + 1, dtype=np.int64)
     end = _lines_nb(js, np.ascontiguousarray(ts, dtype=np.int64), key_buf, key_at, name_buf,
                     name_at, out, line_at, _HSET, _NAN)  # fmt: skip
     if end < 0:
         return None
-    return out[:end].tobytes(), line_at
+    return out[:end], line_at

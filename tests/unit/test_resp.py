@@ -83,3 +83,20 @@ def test_many_rows_give_the_bytes_of_one_row_at_a_time(rows):
             assert g == w
         else:  # the RESP form: NaN compares unequal to itself, so compare the text
             assert [str(x) for x in g] == [str(x) for x in w]
+
+
+def test_many_reuses_its_line_buffer_across_calls_of_any_size():
+    """The line buffer kept between calls (grown when a call needs more) never leaks one
+    call's bytes into the next: big, small, bigger, each row as ``command`` gives it."""
+    import numpy as np
+
+    h = InlineHset(["ts", "a", "b", "c"])
+    rng = np.random.default_rng(7)
+    for n in (200, 3, 1, 50, 900, 10):
+        keys = [f"technic:ind:1m:S{i}" for i in range(n)]
+        ts = rng.integers(0, 2**40, n)
+        values = rng.normal(0, 1e6, (n, 3)) * 10.0 ** rng.integers(-20, 20, (n, 3))
+        got = h.many(keys, ts, values)
+        rows = zip(keys, ts.tolist(), values.tolist(), strict=True)
+        assert got == [h.command(k, [t, *v]) for k, t, v in rows]
+    assert h._scratch is not None and h._scratch.shape[0] >= 900 * 40
