@@ -38,22 +38,23 @@ _B8, _BFF = np.uint64(8), np.uint64(0xFF)
 
 
 @njit(cache=True, inline="always")
+def _half(a, b, c, d, x, r1, l1, r2, l2):
+    """Half of BLAKE2b's mixing function G: rotations (r1, r2) right, ``l = 64 - r``."""
+    a = a + b + x
+    t = d ^ a
+    d = (t >> r1) | (t << l1)
+    c = c + d
+    t = b ^ c
+    b = (t >> r2) | (t << l2)
+    return a, b, c, d
+
+
+@njit(cache=True, inline="always")
 def _g(a, b, c, d, x, y):
     """BLAKE2b's mixing function G on four words of the state (kept in registers: an
     array for the state made the hash ~2x slower)."""
-    a = a + b + x
-    t = d ^ a
-    d = (t >> _R32) | (t << _L32)
-    c = c + d
-    t = b ^ c
-    b = (t >> _R24) | (t << _L40)
-    a = a + b + y
-    t = d ^ a
-    d = (t >> _R16) | (t << _L48)
-    c = c + d
-    t = b ^ c
-    b = (t >> _R63) | (t << _L1)
-    return a, b, c, d
+    a, b, c, d = _half(a, b, c, d, x, _R32, _L32, _R24, _L40)
+    return _half(a, b, c, d, y, _R16, _L48, _R63, _L1)
 
 
 @njit(cache=True, inline="always")
