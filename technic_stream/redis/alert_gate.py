@@ -16,7 +16,12 @@ Keys (prefix ``technic:``):
 * ``rule:{rule_id}:fires`` — list of the latest firing times (newest first, at most
   ``throttle_max``), the throttle's sliding window.
 * ``rule:{rule_id}:last`` — hash symbol → last firing time (cooldown; rules with one).
-* ``alert:{alert_id}`` — the decision, ``1`` or ``0``, kept ``decision_ttl_s``.
+* ``rule:{rule_id}:decided:{n}`` — hash alert id → the decision, ``1`` or ``0``, of
+  the decisions made in the ``n``-th span of ``decision_ttl_s`` (Redis's clock); a
+  lookup reads span ``n`` and ``n - 1``, and a span's hash expires at the end of the span
+  after it, so a decision is kept at least ``decision_ttl_s`` (at most twice that). One
+  hash field per decision, not a key with its own expiry: a key each, read and written
+  by a command each, cost Redis ~10 µs a candidate more.
 
 Times are the Redis server's clock (``TIME``), one clock for every process.
 """
@@ -36,7 +41,8 @@ from technic_stream.redis.resp import Arg, Script, execute, pack_args
 __all__ = ["AlertGate", "Candidates", "Decision", "GateRequest", "GateRule", "GateVerdict"]
 
 # One rule's candidates, in order. KEYS: rule, fires, last, the owner channel's meta and
-# hist ('' and '': no channel), then one decision key per candidate; ARGV: version, mode,
+# hist ('' and '': no channel), and the base of the decision hashes (``decided``; the
+# script appends the span); ARGV: version, mode,
 # cooldown ms, expires ms (0: never), throttle max, throttle window ms, decision ttl, then
 # the channel's name, maxlen, ttl and new epoch, then per candidate (symbol, alert id,
 # data). A firing is appended to the channel in the same atomic step as its decision, so
@@ -50,10 +56,32 @@ _GATE = (
 local rule, fires, last, meta, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local version, mode, cooldown = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local expires, tmax, window = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local ttl, channel, maxlen, ch_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+local ttl, channel, maxlen, ch_ttl = tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10])
 local new_epoch = ARGV[11]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- the decisions recorded before: this span's hash and the one before, read in chunks
+-- (unpack's limit); asked twice in one call, an id gets the call's own first decision
+local n = (#ARGV - 11) / 3
+local span = math.floor(tonumber(t[1]) / ttl)
+local cur, prev = KEYS[6] .. ':' .. span, KEYS[6] .. ':' .. (span - 1)
+local recorded, decided = {}, {}
+local spans = {}
+if redis.call('EXISTS', cur) == 1 then spans[#spans + 1] = cur end
+if redis.call('EXISTS', prev) == 1 then spans[#spans + 1] = prev end
+if #spans > 0 then
+  local ids = {}
+  for i = 1, n do ids[i] = ARGV[10 + 3 * i] end
+  for j = 1, n, 4000 do
+    local hi = math.min(j + 3999, n)
+    for _, key in ipairs(spans) do
+      local got = redis.call('HMGET', key, unpack(ids, j, hi))
+      for m = 1, hi - j + 1 do
+        if got[m] and not recorded[j + m - 1] then recorded[j + m - 1] = got[m] end
+      end
+    end
+  end
+end
 local known = tonumber(redis.call('HGET', rule, 'version') or '-1')
 if version > known then
   redis.call('HSET', rule, 'version', version, 'status', 'active', 'reason', '')
@@ -70,17 +98,18 @@ while lo < hi do
 end
 local recent, ch = lo, nil
 local fired, last_alert, stamps, verdicts, changed_at = 0, '', {}, {}, 0
-for i = 6, #KEYS do
-  local k = 12 + 3 * (i - 6)
+local writes, seen = {}, {}
+for i = 1, n do
+  local k = 9 + 3 * i
   local symbol, alert = ARGV[k], ARGV[k + 1]
-  local prior = redis.call('GET', KEYS[i])
+  local prior = seen[alert] or recorded[i]
   if prior then
     verdicts[#verdicts + 1] = (prior == '1') and 'R' or 'r'
   else
     local fire = 0
     if status == 'active' then
       if expires > 0 and now >= expires then
-        status, reason, changed_at = 'expired', 'expired', i - 5
+        status, reason, changed_at = 'expired', 'expired', i
       else
         local cooled = true
         if cooldown > 0 then
@@ -89,7 +118,7 @@ for i = 6, #KEYS do
         end
         if cooled then
           if recent >= tmax then
-            status, changed_at = 'paused', i - 5
+            status, changed_at = 'paused', i
             reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
           else
             fire, recent, fired, last_alert = 1, recent + 1, fired + 1, alert
@@ -101,18 +130,26 @@ for i = 6, #KEYS do
               if not ch then
                 ch = open_channel(meta, hist, new_epoch)
               end
-              add(ch, channel, ARGV[k + 2], maxlen)
+              add(ch, channel, ARGV[k + 2])
             end
             if mode == 'once' then
-              status, reason, changed_at = 'fired', 'fired once', i - 5
+              status, reason, changed_at = 'fired', 'fired once', i
             end
           end
         end
       end
     end
-    redis.call('SET', KEYS[i], fire, 'EX', ttl)
+    seen[alert] = tostring(fire)
+    writes[#writes + 1] = alert
+    writes[#writes + 1] = fire
     verdicts[#verdicts + 1] = tostring(fire)
   end
+end
+if #writes > 0 then
+  for j = 1, #writes, 4000 do
+    redis.call('HSET', cur, unpack(writes, j, math.min(j + 3999, #writes)))
+  end
+  redis.call('EXPIREAT', cur, (span + 2) * ttl)
 end
 if fired > 0 then
   for j = 1, #stamps, 4000 do
@@ -123,7 +160,7 @@ if fired > 0 then
   redis.call('HSET', rule, 'last_fired_ms', now, 'last_alert', last_alert)
 end
 if ch then
-  close_channel(ch, ch_ttl, tostring(tonumber(t[1]) * 1000 - ch_ttl * 1000))
+  close_channel(ch, ch_ttl, tostring(tonumber(t[1]) * 1000 - ch_ttl * 1000), maxlen)
 end
 if changed_at > 0 then
   redis.call('HSET', rule, 'status', status, 'reason', reason)
@@ -221,7 +258,6 @@ class AlertGate:
         self._prefix = prefix
         self.decision_ttl_s = decision_ttl_s
         self._script = Script(_GATE)
-        self._alert_prefix = f"{prefix}alert:".encode()
         self.scripts = (self._script,)
         self._arm = Script(_ARM)
 
@@ -271,14 +307,13 @@ class AlertGate:
         else:
             keys += ["", ""]
             args += ["", 0, 0, ""]
+        keys.append(f"{base}:decided")
         n = len(c.alert_ids)
         if len(c.symbols) != n or len(c.data) != n:
             raise ValueError(f"{len(c.symbols)} symbols, {n} alert ids, {len(c.data)} data")
-        prefix = self._alert_prefix
         return b"".join([
-            b"*%d\r\n" % (3 + len(keys) + n + len(args) + 3 * n),
-            *pack_args(["EVALSHA", self._script.sha, len(keys) + n, *keys]),
-            *[b"$%d\r\n%b%b\r\n" % (len(prefix) + len(a), prefix, a) for a in c.alert_ids],
+            b"*%d\r\n" % (3 + len(keys) + len(args) + 3 * n),
+            *pack_args(["EVALSHA", self._script.sha, len(keys), *keys]),
             *pack_args(args),
             *[b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(s), s, len(a), a, len(d), d)
               for s, a, d in zip(c.symbols, c.alert_ids, c.data, strict=True)],

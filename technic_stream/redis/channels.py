@@ -37,8 +37,11 @@ __all__ = ["ChannelPublisher", "History", "Published"]
 # Appending, shared by every script that publishes (the alert gate appends its firings
 # in the same atomic step as its decisions). ``open_channel`` reads the channel's epoch
 # and offset (starting a new epoch when the channel has none); ``add`` appends one message
-# at the next offset (bounded stream + pub/sub); ``close_channel`` stores the offset,
-# trims by age and renews the expiry — once per call however many messages were added.
+# at the next offset (stream, and pub/sub when anyone listens); ``close_channel`` stores
+# the offset, trims the stream to its size (exactly) and age and renews the expiry — once
+# per call however many messages were added. (The script is atomic, so no reader sees the
+# stream between an append and the trim; an ``XADD … MAXLEN`` per message cost Redis ~9 µs
+# a message more, each trim rewriting the stream's first node.)
 APPEND_LUA = """
 local function open_channel(meta, hist, new_epoch)
   local st = redis.call('HMGET', meta, 'epoch', 'offset')
@@ -48,16 +51,28 @@ local function open_channel(meta, hist, new_epoch)
   end
   return {meta = meta, hist = hist, epoch = st[1], off = tonumber(st[2]) or 0}
 end
-local function add(ch, name, data, maxlen)
+local function add(ch, name, data)
+  if not ch.head then  -- the envelope's constant parts, once per channel and call
+    ch.head = '{"channel":' .. cjson.encode(name) .. ',"offset":'
+    ch.tail = ',"epoch":"' .. ch.epoch .. '","data":'
+    ch.pubsub = string.sub(ch.meta, 1, -6)
+  end
+  if ch.heard == nil then
+    -- nobody listening (no subscriber of the channel, no pattern anywhere): nothing to
+    -- send; the script is atomic, so none can subscribe before it ends
+    ch.heard = redis.call('PUBSUB', 'NUMSUB', ch.pubsub)[2] > 0
+      or redis.call('PUBSUB', 'NUMPAT') > 0
+  end
   ch.off = ch.off + 1
-  redis.call('XADD', ch.hist, 'MAXLEN', maxlen, '*', 'o', ch.off, 'd', data)
-  redis.call('PUBLISH', string.sub(ch.meta, 1, -6),
-    '{"channel":' .. cjson.encode(name) .. ',"offset":' .. ch.off .. ',"epoch":"' ..
-    ch.epoch .. '","data":' .. data .. '}')
+  redis.call('XADD', ch.hist, '*', 'o', ch.off, 'd', data)
+  if ch.heard then
+    redis.call('PUBLISH', ch.pubsub, ch.head .. ch.off .. ch.tail .. data .. '}')
+  end
   return ch.off
 end
-local function close_channel(ch, ttl, min_id)
+local function close_channel(ch, ttl, min_id, maxlen)
   redis.call('HSET', ch.meta, 'epoch', ch.epoch, 'offset', ch.off)
+  redis.call('XTRIM', ch.hist, 'MAXLEN', maxlen)
   redis.call('XTRIM', ch.hist, 'MINID', min_id)
   redis.call('EXPIRE', ch.meta, ttl)
   redis.call('EXPIRE', ch.hist, ttl)
@@ -86,8 +101,9 @@ for i = 0, #KEYS / 3 - 1 do
     out[#out + 1] = 0
   else
     local ch = open_channel(meta, hist, new_epoch)
-    local off = add(ch, ARGV[5 + 2 * i], ARGV[6 + 2 * i], maxlen)
-    close_channel(ch, ttl, min_id)
+    ch.heard = true  -- (one message a channel: asking who listens would cost more)
+    local off = add(ch, ARGV[5 + 2 * i], ARGV[6 + 2 * i])
+    close_channel(ch, ttl, min_id, maxlen)
     if idem ~= '' then
       redis.call('SET', idem, off, 'EX', idem_ttl)
     end

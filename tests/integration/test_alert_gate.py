@@ -3,6 +3,7 @@ firings appended to the owner's channel in the same step as the decision."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -92,3 +93,100 @@ async def test_a_replay_gets_the_recorded_decision_and_appends_nothing(settings,
     again = await gate.decide(asked)  # a crash before the commit: the same ids again
     assert [(v.fire, v.replayed) for v in again] == [(True, True), (True, True)]
     assert await _channel_ids(pub) == ids  # nothing appended twice
+
+
+async def test_an_alert_asked_twice_in_one_call_is_decided_once(settings, redis):
+    gate, pub = gate_for(redis, settings)
+    q = req("twice", "AAA")
+    verdicts = await gate.decide([q, q])
+    assert [(v.fire, v.replayed) for v in verdicts] == [(True, False), (True, True)]
+    assert await _channel_ids(pub) == [q.alert_id]
+
+
+async def test_a_decision_is_found_in_the_next_span_and_lapses_after_it(settings, redis):
+    """Decisions are kept in spans of ``decision_ttl_s`` (here 1 s of Redis's clock): a
+    replay in the span after the decision's gets it, one after that decides afresh."""
+    pub = ChannelPublisher(redis, settings.redis_prefix)
+    gate = AlertGate(redis, settings.redis_prefix, decision_ttl_s=1, publisher=pub)
+
+    async def second() -> int:
+        return (await redis.time())[0]
+
+    async def until(s: int) -> None:
+        sec, us = await redis.time()
+        await asyncio.sleep(max(0.0, s - sec - us / 1e6) + 0.01)
+
+    for _attempt in range(5):  # (a run that straddles a span's edge says nothing: again)
+        q = req("span", "AAA", mode="every_time")
+        s0 = await second()
+        (first,) = await gate.decide([q])
+        left_ms = await redis.pttl(f"{settings.redis_prefix}rule:span:decided:{s0}")
+        if await second() != s0:
+            continue
+        await until(s0 + 1)
+        (found,) = await gate.decide([q])
+        if await second() != s0 + 1:
+            continue
+        await until(s0 + 2)
+        (lapsed,) = await gate.decide([q])
+        break
+    else:
+        raise AssertionError("Redis's clock never held still for a call")
+    assert (first.fire, first.replayed) == (True, False)
+    assert 0 < left_ms <= 2_000  # the span's hash expires when the span after it ends
+    assert (found.fire, found.replayed) == (True, True)  # from the span before
+    assert (lapsed.fire, lapsed.replayed) == (True, False)  # gone: decided again
+    assert (await _channel_ids(pub))[-2:] == [q.alert_id, q.alert_id]
+
+
+async def test_firings_beyond_the_history_size_leave_exactly_the_latest(settings, redis):
+    pub = ChannelPublisher(redis, settings.redis_prefix, history_size=5)
+    gate = AlertGate(redis, settings.redis_prefix, publisher=pub)
+    asked = [req("many", f"S{i}", mode="every_time") for i in range(12)]
+    assert all(v.fire for v in await gate.decide(asked))
+    epoch, offset = await pub.position("alerts.ann")
+    assert offset == 12
+    assert await redis.xlen(pub.keys("alerts.ann")[1]) == 5  # trimmed exactly, in the call
+    latest = await pub.history("alerts.ann", 7, epoch)
+    assert latest.complete
+    assert [orjson.loads(d)["alert_id"] for _, d in latest.entries] == [
+        q.alert_id for q in asked[7:]
+    ]
+    assert not (await pub.history("alerts.ann", 6, epoch)).complete
+
+
+async def _envelopes(pubsub, n: int) -> list[dict]:
+    got: list[dict] = []
+    for _ in range(40):
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+        if msg:
+            got.append(orjson.loads(msg["data"]))
+            if len(got) == n:
+                return got
+    raise AssertionError(f"{len(got)} of {n} messages published")
+
+
+async def test_firings_reach_subscribers_and_pattern_subscribers(settings, redis):
+    """The gate publishes only when anyone listens: a subscriber of the channel, or any
+    pattern subscription (PUBSUB NUMSUB does not count those)."""
+    gate, pub = gate_for(redis, settings)
+    direct = redis.pubsub()
+    await direct.subscribe(pub.pubsub_channel("alerts.ann"))
+    await direct.get_message(timeout=1.0)
+    asked = [req("heard", "AAA"), req("heard", "BBB")]
+    await gate.decide(asked)
+    epoch, _ = await pub.position("alerts.ann")
+    assert await _envelopes(direct, 2) == [
+        {"channel": "alerts.ann", "offset": i + 1, "epoch": epoch,
+         "data": {"alert_id": q.alert_id, "symbol": q.symbol}}
+        for i, q in enumerate(asked)
+    ]  # fmt: skip
+    await direct.aclose()
+    pattern = redis.pubsub()
+    await pattern.psubscribe(f"{settings.redis_prefix}ch:*")
+    await pattern.get_message(timeout=1.0)
+    late = req("heard", "CCC")
+    await gate.decide([late])
+    (env,) = await _envelopes(pattern, 1)
+    assert (env["offset"], env["data"]["alert_id"]) == (3, late.alert_id)
+    await pattern.aclose()

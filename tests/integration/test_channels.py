@@ -62,6 +62,7 @@ async def test_history_covers_what_it_holds_and_says_so_when_it_cannot(settings,
     pub = ChannelPublisher(redis, settings.redis_prefix, history_size=5)
     for i in range(10):
         p = await pub.publish("ind.1m.MSFT", orjson.dumps({"i": i}))
+    assert await redis.xlen(pub.keys("ind.1m.MSFT")[1]) == 5  # the size, exactly
     recent = await pub.history("ind.1m.MSFT", 7, p.epoch)
     assert recent.complete and [(o, orjson.loads(d)["i"]) for o, d in recent.entries] == [
         (8, 7), (9, 8), (10, 9),

@@ -26,7 +26,7 @@ def _slow(gate: AlertGate, pub: ChannelPublisher | None, c: Candidates) -> bytes
     else:
         keys += ["", ""]
         args += ["", 0, 0, ""]
-    keys += [b"p:alert:" + a for a in c.alert_ids]
+    keys.append(f"{base}:decided")
     for s, a, d in zip(c.symbols, c.alert_ids, c.data, strict=True):
         args += [s, a, d]
     return keys, args
