@@ -232,7 +232,12 @@ class EngineService:
         await asyncio.wait_for(self.redis.ping(), 2.0)
 
     def _new_part(self) -> PartitionState:
-        return PartitionState(self.base, self.settings.engine_history_bars)
+        """An empty partition: its first checkpoint is due an interval (or the bar count)
+        after it was taken on, like any other's — not at its first batch, which had
+        stored every partition's state at once while the first batches were read."""
+        return PartitionState(
+            self.base, self.settings.engine_history_bars, saved_at=time.monotonic()
+        )
 
     # Batches ----------------------------------------------------------------------
 

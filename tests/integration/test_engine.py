@@ -196,3 +196,25 @@ async def test_corrections_fire_once_per_bar_and_every_time_per_print(settings):
     assert sorted(a.ts for a in by_rule["each"]) == sorted(ts * 3)
     assert len({a.alert_id for a in by_rule["each"]}) == 36
     assert all(a.alert_id == alert_id("per_bar", "S0", TF, a.ts) for a in by_rule["per_bar"])
+
+
+async def test_a_new_partition_is_checkpointed_after_its_bar_count_not_at_its_first_batch(
+    settings,
+):
+    """The checkpoint interval and bar count of a partition with no checkpoint count from
+    when it was taken on (they had counted from the clock's zero, so such a partition
+    was checkpointed at its first batch on any machine up longer than the interval)."""
+    s = settings.model_copy(
+        update={"engine_checkpoint_interval_s": 60.0, "engine_checkpoint_bars": 40}
+    )
+    series = market(1, 50, seed=5)
+    sent = await send_bars(s, series, 0, 30)
+    async with running_engine(s) as engine:
+        await wait_for(lambda: engine.consumer.records_processed >= sent, "the first bars")
+        assert [p.saved_offset for p in engine.parts.values()] == [None] * len(engine.parts)
+        sent += await send_bars(s, series, 30, 50)
+        await wait_for(
+            lambda: any(p.saved_offset for p in engine.parts.values()), "the bar count's checkpoint"
+        )
+        (saved,) = [p.saved_offset for p in engine.parts.values() if p.saved_offset]
+        assert 40 <= saved <= sent
