@@ -65,7 +65,7 @@ from technic_stream.redis import redis_client
 from technic_stream.redis.alert_gate import AlertGate, Candidates, Decision, GateRule
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.checkpoint import CheckpointStore
-from technic_stream.redis.interest import ChannelInterest
+from technic_stream.redis.interest import ChannelInterest, revision
 from technic_stream.redis.resp import Command, InlineHset, execute
 from technic_stream.topics import group_name, topic_name
 
@@ -208,6 +208,7 @@ class EngineService:
         self.interest = ChannelInterest(self.redis, s.redis_prefix)
         self._wanted: set[str] | None = None  # None: every channel (channel_publish=all)
         self._wanted_at = -1e9
+        self._wanted_rev = 0  # the interest revision ``_wanted`` was read at
         self._scripts = (*self.gate.scripts, *self.publisher.scripts)
         self.rules = LiveRules()
         self.consumer: BatchConsumer | None = None
@@ -347,7 +348,11 @@ class EngineService:
         if before is not None:
             await before
         t = time.perf_counter()
-        await self.redis_writes(lambda: execute(self.redis, values, scripts=self._scripts))
+        replies = await self.redis_writes(
+            lambda: execute(self.redis, values, scripts=self._scripts)
+        )
+        if self._wanted is not None and replies:
+            self._saw_revision(replies[-1])
         stages["write"] += _lap(t)
         t = time.perf_counter()
         await self.producer.flush()
@@ -623,16 +628,24 @@ class EngineService:
                     ohlcv = dict(zip(_FIELDS, bar[1:], strict=True))
                     bar_msg = {"symbol": sym, "tf": tf, "ts": ts, **ohlcv}
                     items.append((bar_ch, orjson.dumps(bar_msg), None))
-        return [*hsets, *self.publisher.commands(items, validate=False)]
+        out = [*hsets, *self.publisher.commands(items, validate=False)]
+        if wanted is not None:  # last: did anyone want a new channel? (see _saw_revision)
+            out.append(self.interest.revision_command())
+        return out
 
     async def _refresh_interest(self) -> None:
-        """The market channels anyone wants, re-read at most once a second."""
+        """The market channels anyone wants: re-read once a second (lapsed interest), and
+        at the next batch after a write saw the set gain a member (a new subscriber)."""
         if self.settings.channel_publish == "all":
             return
         now = time.monotonic()
         if now - self._wanted_at >= _INTEREST_REFRESH_S:
-            self._wanted = await self.interest.wanted()
+            self._wanted, self._wanted_rev = await self.interest.wanted_at()
             self._wanted_at = now
+
+    def _saw_revision(self, reply: Any) -> None:
+        if revision(reply) != self._wanted_rev:
+            self._wanted_at = -1e9
 
     def _hset(self, names: list[str]) -> InlineHset:
         """The hash writer for a book's outputs (one per output set)."""

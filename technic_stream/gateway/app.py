@@ -131,8 +131,17 @@ class Gateway:
 
     def subscribed(self, sub: Subscription) -> None:
         m.SUBSCRIPTIONS.inc()
-        if sub.info.market:
-            self._spawn(self.interest.keep([sub.channel], INTEREST_S))
+
+    async def want(self, sub: Subscription) -> None:
+        """Record that a market channel is wanted (the engine publishes only those), before
+        the client is told it is subscribed: so the next bar after that reaches it."""
+        if not sub.info.market:
+            return
+        try:
+            await self.interest.keep([sub.channel], INTEREST_S)
+        except Exception as exc:  # Redis down: the renewal loop records it later
+            log.warning("could not record channel interest",
+                        extra={"channel": sub.channel, "error": repr(exc)})  # fmt: skip
 
     def unsubscribed(self, sub: Subscription) -> None:
         m.SUBSCRIPTIONS.dec()

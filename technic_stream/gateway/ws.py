@@ -281,7 +281,7 @@ class _Session:
         client.subs[info.name] = sub
         gw.subscribed(sub)
         try:
-            await gw.hub.join(sub)
+            await asyncio.gather(gw.hub.join(sub), gw.want(sub))
         except (ConnectionError, TimeoutError) as exc:
             client.drop(sub)
             raise _Bad(4503, f"cannot subscribe now: {exc}", channel=info.name) from None

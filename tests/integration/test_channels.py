@@ -9,7 +9,8 @@ import pytest
 
 from technic_stream.redis import redis_client
 from technic_stream.redis.channels import ChannelPublisher
-from technic_stream.redis.interest import ChannelInterest
+from technic_stream.redis.interest import ChannelInterest, revision
+from technic_stream.redis.resp import execute
 
 
 @pytest.fixture
@@ -102,6 +103,26 @@ async def test_interest_lasts_until_its_latest_deadline_then_lapses(settings, re
     assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL", "ind.1m.MSFT"}
     await asyncio.sleep(0.4)
     assert await interest.wanted() == {"ind.1m.AAPL", "bars.1m.AAPL"}
+
+
+async def test_interest_moves_its_revision_only_when_a_channel_becomes_wanted(settings, redis):
+    interest = ChannelInterest(redis, settings.redis_prefix)
+    _, rev0 = await interest.wanted_at()
+    assert await interest.keep(["ind.1m.AAPL", "bars.1m.AAPL"], 600) == 2
+    names, rev1 = await interest.wanted_at()
+    assert names == {"ind.1m.AAPL", "bars.1m.AAPL"} and rev1 == rev0 + 1
+    assert await interest.keep(["ind.1m.AAPL"], 900) == 0  # a renewal: same revision
+    assert (await interest.wanted_at())[1] == rev1
+    assert await interest.keep(["ind.1m.AAPL", "ind.1m.MSFT"], 0.1) == 1
+    (rev2,) = await execute(redis, [interest.revision_command()])
+    assert revision(rev2) == rev1 + 1
+    await asyncio.sleep(0.2)
+    assert (await interest.wanted_at())[0] == {"ind.1m.AAPL", "bars.1m.AAPL"}
+    assert await interest.keep(["ind.1m.MSFT"], 600) == 1  # lapsed, so new again
+    assert (await interest.wanted_at())[1] == rev1 + 2
+    many = [f"ind.1m.X{i}" for i in range(4_500)]  # more than one script call holds
+    assert await interest.keep(many, 600) == 4_500
+    assert len(await interest.wanted()) == 4_503
 
 
 async def test_multi_line_json_is_stored_on_one_line(settings, redis):

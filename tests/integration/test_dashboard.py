@@ -169,7 +169,8 @@ async def test_sign_in_shows_the_owner_and_a_live_chart(page, stack):
         f"document.querySelector('#chart').dataset.symbol === '{symbol}' && "
         "Number(document.querySelector('#chart').dataset.bars) > 100"
     )
-    assert await page.locator("#chart canvas").count() > 0  # drawn by lightweight-charts
+    # drawn by lightweight-charts (its canvases come once the box has been laid out)
+    await page.wait_for_selector("#chart canvas", state="attached", timeout=10_000)
 
 
 async def test_the_chart_draws_bars_as_they_stream_in(page, stack):
@@ -177,6 +178,11 @@ async def test_the_chart_draws_bars_as_they_stream_in(page, stack):
     await page.click("#chart-form button[type=submit]")
     await page.wait_for_function("document.querySelector('#chart').dataset.symbol === 'ZZLIVE'")
     assert "no archived 1d bars" in await _text(page, "#chart-error")
+    # live once the gateway confirmed the bars channel: every bar after that is drawn
+    await page.wait_for_function(
+        "document.querySelector('#chart').dataset.live === 'bars.1d.ZZLIVE'"
+    )
+    assert (await _text(page, "#chart-info")).endswith("· live")
     start = 1_893_456_000_000
     await _send_bars(stack.settings, "ZZLIVE", start, 2, 0.2)
     await page.wait_for_function(

@@ -218,3 +218,38 @@ async def test_a_new_partition_is_checkpointed_after_its_bar_count_not_at_its_fi
         )
         (saved,) = [p.saved_offset for p in engine.parts.values() if p.saved_offset]
         assert 40 <= saved <= sent
+
+
+async def test_a_channel_wanted_mid_stream_is_published_from_the_next_batches_on(
+    settings, monkeypatch
+):
+    """A new subscriber's channel is published a batch or two after its interest is
+    recorded, not after the engine's periodic re-read (made an hour here, so only the
+    revision read with each batch's writes can tell the engine)."""
+    import technic_stream.engine.service as service
+
+    monkeypatch.setattr(service, "_INTEREST_REFRESH_S", 3_600.0)
+    series = market(2, 40, seed=7)
+    sent = await send_bars(settings, series, 0, 10)
+    redis = redis_client(settings)
+    pub = ChannelPublisher(redis, settings.redis_prefix)
+    try:
+        async with running_engine(settings) as engine:
+            await wait_for(lambda: engine.consumer.records_processed >= sent, "the first bars")
+            assert await pub.position(f"bars.{TF}.S1") == ("", 0)  # nobody wanted it
+            added = await ChannelInterest(redis, settings.redis_prefix).keep([f"bars.{TF}.S1"], 600)
+            assert added == 1
+            for stop in range(11, 41):  # a batch at a time: the first write sees the change
+                sent += await send_bars(settings, series, stop - 1, stop)
+                await wait_for(lambda n=sent: engine.consumer.records_processed >= n, "a batch")
+                if (await pub.position(f"bars.{TF}.S1"))[1]:
+                    break
+            assert stop <= 13, f"published only from bar {stop}"
+            epoch, offset = await pub.position(f"bars.{TF}.S1")
+            hist = await pub.history(f"bars.{TF}.S1", 0, epoch)
+            assert [orjson.loads(d)["ts"] for _, d in hist.entries] == [
+                int(series["S1"][0][j]) for j in range(stop - offset, stop)
+            ]
+            assert await pub.position(f"bars.{TF}.S0") == ("", 0)  # still unwanted
+    finally:
+        await redis.aclose()

@@ -187,6 +187,7 @@ class Live {
               this.lostAny ? "history lost, state reloaded" : "no message lost");
           }
         }
+        if (sub.onSubscribed) sub.onSubscribed(msg);
         return;
       case "unsubscribed":
         if (sub && msg.resubscribe) {
@@ -418,6 +419,7 @@ async function showChart(symbol, tf) {
   $("#chart-symbol").value = symbol;
   $("#chart-tf").value = tf;
   $("#chart-error").textContent = "";
+  delete $("#chart").dataset.live;
   if (chart.symbol) {
     live.unsubscribe(`bars.${chart.tf}.${chart.symbol}`);
     live.unsubscribe(`ind.${chart.tf}.${chart.symbol}`);
@@ -468,8 +470,13 @@ async function showChart(symbol, tf) {
     if (gen !== chart.gen) return;
     for (const a of alerts) addMarker(a);
   } catch (err) { console.warn(err); }
-  live.subscribe(`bars.${tf}.${symbol}`, onBar, { policy: "conflate", recoverable: false });
+  const bars = live.subscribe(`bars.${tf}.${symbol}`, onBar, { policy: "conflate", recoverable: false });
   live.subscribe(`ind.${tf}.${symbol}`, onInd, { policy: "conflate", recoverable: false });
+  bars.onSubscribed = () => {  // from now on every new bar is drawn as it comes
+    if (gen !== chart.gen) return;
+    box.dataset.live = `bars.${tf}.${symbol}`;
+    $("#chart-info").textContent = `${$("#chart-info").textContent.replace(/ · live$/, "")} · live`;
+  };
 }
 
 function onBar(b) {
@@ -656,12 +663,14 @@ async function enter(key) {
   alertsSub.onGap = () => loadRecentAlerts().catch(console.warn);
   await loadRules().catch(console.warn);  // (the feed names rules)
   await Promise.allSettled([loadRecentAlerts(), loadScanHistory(), loadSymbols()]);
-  await showChart($("#chart-symbol").value, $("#chart-tf").value);
+  // the first chart, unless one was asked for meanwhile (the page is usable at once)
+  if (!chart.symbol && !chart.typed) await showChart($("#chart-symbol").value, $("#chart-tf").value);
 }
 
 async function loadSymbols() {
   const { symbols } = await api("GET", "/v1/symbols?tf=1d");
   $("#symbol-list").replaceChildren(...symbols.slice(0, 5000).map((s) => el("option", { value: s })));
+  if (chart.symbol || chart.typed) return;  // the user is choosing: keep what they typed
   if (symbols.length && !symbols.includes($("#chart-symbol").value)) $("#chart-symbol").value = symbols[0];
 }
 
@@ -679,6 +688,7 @@ function init() {
   $("#scan-results thead").addEventListener("click", sortScan);
   $("#scan-universe").addEventListener("change", () => { $("#scan-symbols-label").hidden = $("#scan-universe").value !== "__symbols"; });
   $("#scan-mode").addEventListener("change", () => { $("#scan-start-label").hidden = $("#scan-mode").value !== "history"; });
+  $("#chart-symbol").addEventListener("input", () => { chart.typed = true; });
   $("#chart-form").addEventListener("submit", (ev) => { ev.preventDefault(); showChart($("#chart-symbol").value, $("#chart-tf").value); });
   $("#rule-form").addEventListener("submit", saveRule);
   $("#rule-new").addEventListener("click", newRule);
