@@ -319,14 +319,17 @@ class EngineService:
     ) -> None:
         """One batch's round trips: the gate's decisions (and its channel appends) in
         one Redis pipeline and the firings to Kafka at once, once the batch before has
-        done the same (``alerts_out`` says when); then, once the batch before is written
-        whole, the hashes and the value channels in another pipeline while the broker
-        acks; then the due checkpoints. (One pipeline for both made every alert wait for
-        all of the batch's hashes; waiting for the batch before's hashes made every
-        alert wait for the last batch's.) Decisions, firings and hashes each keep the
-        batches' order; the gate's keys are not the hashes', so one may pass the other."""
+        done the same (``alerts_out`` says when); beside them, as soon as the batch before
+        is written whole, the hashes and the value channels in another pipeline; then the
+        broker's acks and the due checkpoints. (One pipeline for both made every alert
+        wait for all of the batch's hashes; waiting for the batch before's hashes made
+        every alert wait for the last batch's; sending the hashes only after the gate had
+        answered left the loop idle for their round trip while the next batch waited to
+        be fetched.) Decisions, firings and hashes each keep the batches' order; the
+        gate's keys are not the hashes', so one may pass the other."""
         stages = w.stages
         gate_calls, values = w.commands[: len(w.alerts)], w.commands[len(w.alerts) :]
+        written = asyncio.ensure_future(self._write_values(values, before, stages))
         try:
             if before_alerts is not None:
                 await before_alerts
@@ -338,6 +341,8 @@ class EngineService:
                 await self._fired(w.alerts, replies)
                 stages["alerts"] += _lap(t)
         except BaseException as exc:
+            written.cancel()
+            await asyncio.gather(written, return_exceptions=True)
             if isinstance(exc, asyncio.CancelledError):
                 alerts_out.cancel()
             else:
@@ -345,15 +350,7 @@ class EngineService:
                 alerts_out.exception()  # the next batch re-raises it; nobody else must
             raise
         alerts_out.set_result(None)
-        if before is not None:
-            await before
-        t = time.perf_counter()
-        replies = await self.redis_writes(
-            lambda: execute(self.redis, values, scripts=self._scripts)
-        )
-        if self._wanted is not None and replies:
-            self._saw_revision(replies[-1])
-        stages["write"] += _lap(t)
+        await written
         t = time.perf_counter()
         await self.producer.flush()
         stages["flush"] += _lap(t)
@@ -367,6 +364,20 @@ class EngineService:
         stages["checkpoint"] += _lap(t)
         for stage, seconds in stages.items():
             STAGE_SECONDS.labels(stage).inc(seconds)
+
+    async def _write_values(
+        self, values: list[Any], before: asyncio.Task[None] | None, stages: dict[str, float]
+    ) -> None:
+        """The hashes and value channels of a batch, once the batch before is written."""
+        if before is not None:
+            await before
+        t = time.perf_counter()
+        replies = await self.redis_writes(
+            lambda: execute(self.redis, values, scripts=self._scripts)
+        )
+        if self._wanted is not None and replies:
+            self._saw_revision(replies[-1])
+        stages["write"] += _lap(t)
 
     async def _drain(self) -> None:
         """Wait for the writes in flight (before anything that must follow them)."""
