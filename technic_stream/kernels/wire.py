@@ -53,8 +53,11 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _ws_nb(buf, i, end):
+    """The first byte at or after ``i`` that is not JSON white space. Callers test
+    ``buf[i] <= 32`` before calling it: the call (or numba's inlining of its loop) in a
+    parse loop took two thirds of a BarBatch column's time, white space or none."""
     while i < end:
         c = buf[i]
         if c == 32 or c == 10 or c == 13 or c == 9:
@@ -226,10 +229,13 @@ def _integer_nb(buf, i, end):
 @njit(cache=True)
 def _one_bar_nb(buf, i, end, r, ts, cols, tf, sym_at, sym_hash, keys, key_at, tfs, tf_at, pow10):
     """Parse the record ``buf[i:end]`` into row ``r``; True when it is certainly a Bar."""
-    i = _ws_nb(buf, i, end)
+    if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+        i = _ws_nb(buf, i, end)
     if i >= end or buf[i] != 123:  # {
         return False
-    i = _ws_nb(buf, i + 1, end)
+    i += 1
+    if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+        i = _ws_nb(buf, i, end)
     seen = 0
     while True:
         if i >= end or buf[i] != 34:
@@ -241,10 +247,13 @@ def _one_bar_nb(buf, i, end, r, ts, cols, tf, sym_at, sym_hash, keys, key_at, tf
         if k < 0 or seen & (1 << k):
             return False  # an unknown or repeated key
         seen |= 1 << k
-        i = _ws_nb(buf, i, end)
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end or buf[i] != 58:  # :
             return False
-        i = _ws_nb(buf, i + 1, end)
+        i += 1
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end:
             return False
         if k == 0 or k == 2 or k == 3:  # type, symbol, tf: strings
@@ -280,15 +289,20 @@ def _one_bar_nb(buf, i, end, r, ts, cols, tf, sym_at, sym_hash, keys, key_at, tf
             if kind == 0:
                 return False
             cols[k - 5, r] = x
-        i = _ws_nb(buf, i, end)
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end:
             return False
         if buf[i] == 44:  # ,
-            i = _ws_nb(buf, i + 1, end)
+            i += 1
+            if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+                i = _ws_nb(buf, i, end)
             continue
         if buf[i] != 125:  # }
             return False
-        i = _ws_nb(buf, i + 1, end)
+        i += 1
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         return i == end and seen == _ALL_KEYS
 
 
@@ -358,12 +372,43 @@ def joined_symbols_nb(buf, sym_at, picks):
     return out
 
 
+@njit(cache=True, inline="always")
+def _ticker_nb(buf, i, end):
+    """(start, stop, next, FNV-1a hash) of the string at ``buf[i] == '"'`` when it is a
+    ticker (``_ticker_ok_nb``: a plain ASCII string of the contract's pattern), in one
+    pass; stop < 0 when it is not (or has no end). ``_string_nb`` then ``_symbol_nb``
+    give the same, reading each byte three times: most of a BarBatch symbol's cost."""
+    i += 1
+    s = i
+    h = _FNV_OFFSET
+    while i < end:
+        c = buf[i]
+        if c == 34:  # "
+            if i - s < 1 or i - s > 32:
+                return s, -1, i, h
+            return s, i, i + 1, h
+        # . _ / : ^ = -   (not as the first character); anything else: not a ticker
+        if not ((48 <= c <= 57) or (65 <= c <= 90)) and (i == s or not (
+            c == 46 or c == 95 or c == 47 or c == 58 or c == 94 or c == 61 or c == 45
+        )):  # fmt: skip
+            return s, -1, i, h
+        h = (h ^ np.uint64(c)) * _FNV_PRIME
+        i += 1
+    return s, -1, i, h
+
+
 @njit(cache=True)
 def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10):
     """Read the JSON array at ``buf[i] == '['`` as column ``k`` of rows ``base...``:
     (next, count), count < 0 when it is not certainly that column (a value of another
-    kind, an escape in a symbol, a number off the fast path, more rows than ``cap``)."""
-    i = _ws_nb(buf, i + 1, end)
+    kind, an escape in a symbol, a number off the fast path, more rows than ``cap``).
+
+    The usual numbers — digits, a fraction, no exponent — are read here in the loop, and
+    only the others by ``_number_nb`` (which gives the same for these): a call of it per
+    number, returning its tuple, took three times as long as the parse itself."""
+    i += 1
+    if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+        i = _ws_nb(buf, i, end)
     count = 0
     if i < end and buf[i] == 93:  # ]: empty (the general decoder says why it is bad)
         return i, -1
@@ -374,25 +419,78 @@ def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10
         if k == 2:  # symbols
             if i >= end or buf[i] != 34:
                 return i, -1
-            s, e, i = _string_nb(buf, i, end)
-            if e < 0 or not _symbol_nb(buf, s, e, r, sym_at, sym_hash):
+            s, e, i, h = _ticker_nb(buf, i, end)
+            if e < 0:
                 return i, -1
-        elif k == 4:  # ts
-            v, i, good = _integer_nb(buf, i, end)
-            if not good:
+            sym_at[r, 0] = s
+            sym_at[r, 1] = e
+            sym_hash[r] = h
+        elif k == 4:  # ts: an integer literal, exactly
+            start = i
+            neg = i < end and buf[i] == 45
+            if neg:
+                i += 1
+            d0 = i
+            v = 0
+            while i < end and 48 <= buf[i] <= 57:
+                v = v * 10 + (buf[i] - 48)
+                i += 1
+            nd = i - d0
+            if nd == 0 or nd > 18 or (nd > 1 and buf[d0] == 48):
                 return i, -1
-            ts[r] = v
+            if i < end and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
+                return i, -1  # a float where an integer must be: the general decoder
+            ts[r] = -v if neg else v
         else:
-            x, i, kind = _number_nb(buf, i, end, pow10)
-            if kind == 0:
-                return i, -1
+            start = i
+            neg = i < end and buf[i] == 45
+            if neg:
+                i += 1
+            d0 = i
+            m = 0
+            while i < end and 48 <= buf[i] <= 57:
+                m = m * 10 + (buf[i] - 48)
+                i += 1
+            nd = i - d0
+            exp10 = 0
+            if i < end and buf[i] == 46:  # .
+                i += 1
+                f = i
+                while i < end and 48 <= buf[i] <= 57:
+                    m = m * 10 + (buf[i] - 48)
+                    i += 1
+                exp10 = f - i
+            usual = (
+                nd > 0 and not (nd > 1 and buf[d0] == 48) and nd - exp10 <= 18
+                and not (exp10 == 0 and i > d0 + nd)  # a '.' without digits
+                and not (i < end and (buf[i] == 101 or buf[i] == 69))
+                and m <= _MAX_EXACT and exp10 >= -22
+            )  # fmt: skip
+            if usual:
+                if exp10 == 0:  # an integer literal (an integer 0 has no sign)
+                    x = float(m)
+                    if neg and m != 0:
+                        x = -x
+                    if m == _MAX_EXACT:
+                        return i, -1
+                else:  # m and 10**-exp10 exact: one correctly rounded division
+                    x = float(m) / pow10[-exp10]
+                    if neg:
+                        x = -x
+            else:
+                x, i, kind = _number_nb(buf, start, end, pow10)
+                if kind == 0:
+                    return i, -1
             cols[k - 5, r] = x
         count += 1
-        i = _ws_nb(buf, i, end)
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end:
             return i, -1
         if buf[i] == 44:  # ,
-            i = _ws_nb(buf, i + 1, end)
+            i += 1
+            if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+                i = _ws_nb(buf, i, end)
             continue
         if buf[i] != 93:  # ]
             return i, -1
@@ -405,10 +503,13 @@ def _one_batch_nb(buf, i, end, base, cap, max_rows, ts, cols, sym_at, sym_hash, 
     """Parse the record ``buf[i:end]`` as a BarBatch into rows ``base...``: its row count
     and timeframe code when it is certainly one (every column as long as ``symbols``, at
     most ``max_rows``), else (-1, 0)."""
-    i = _ws_nb(buf, i, end)
+    if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+        i = _ws_nb(buf, i, end)
     if i >= end or buf[i] != 123:  # {
         return -1, 0
-    i = _ws_nb(buf, i + 1, end)
+    i += 1
+    if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+        i = _ws_nb(buf, i, end)
     seen = 0
     n = -1
     code = 0
@@ -422,10 +523,13 @@ def _one_batch_nb(buf, i, end, base, cap, max_rows, ts, cols, sym_at, sym_hash, 
         if k < 0 or seen & (1 << k):
             return -1, 0
         seen |= 1 << k
-        i = _ws_nb(buf, i, end)
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end or buf[i] != 58:  # :
             return -1, 0
-        i = _ws_nb(buf, i + 1, end)
+        i += 1
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end:
             return -1, 0
         if k == 0 or k == 3:  # type, tf
@@ -458,15 +562,20 @@ def _one_batch_nb(buf, i, end, base, cap, max_rows, ts, cols, sym_at, sym_hash, 
             if count < 0 or (n >= 0 and count != n) or count > max_rows:
                 return -1, 0
             n = count
-        i = _ws_nb(buf, i, end)
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i >= end:
             return -1, 0
         if buf[i] == 44:  # ,
-            i = _ws_nb(buf, i + 1, end)
+            i += 1
+            if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+                i = _ws_nb(buf, i, end)
             continue
         if buf[i] != 125:  # }
             return -1, 0
-        i = _ws_nb(buf, i + 1, end)
+        i += 1
+        if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
+            i = _ws_nb(buf, i, end)
         if i == end and seen == _ALL_KEYS:
             return n, code
         return -1, 0
