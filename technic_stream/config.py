@@ -168,6 +168,11 @@ class Settings(BaseSettings):
         ),
         description="indicators every symbol gets on every timeframe (rules add more)",
     )
+    engine_malloc_keep_mb: int = Field(
+        default=128, ge=0, le=65_536,
+        description="freed memory the engine's allocator keeps for the next batch's arrays "
+        "(MB; 0: glibc's defaults, which hand large blocks back to the kernel at once)",
+    )  # fmt: skip
     engine_history_bars: int = Field(
         default=250, ge=1, le=100_000, description="recent bars kept per symbol for warm-ups"
     )

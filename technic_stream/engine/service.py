@@ -46,7 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from technic_stream.app.ops import OpsServer
 from technic_stream.app.retry import REDIS_ERRORS, Retrier
-from technic_stream.app.runtime import settle_gc
+from technic_stream.app.runtime import keep_freed_memory, settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
 from technic_stream.engine.alerts import AlertTemplate, alert_ids
@@ -875,6 +875,8 @@ async def engine_service(
 ) -> None:
     """The engine process: runs until ``stop``. ``started`` sees the handler (tests)."""
     redis = redis_client(settings)
+    kept = keep_freed_memory(settings.engine_malloc_keep_mb)
+    log.info("allocator", extra={"keeps_freed_mb": settings.engine_malloc_keep_mb if kept else 0})
     await asyncio.to_thread(warm_decoder)
     try:
         async with Producer(settings) as producer:
