@@ -891,7 +891,7 @@ async def engine_service(
                 )
                 consumer = BatchConsumer(
                     settings, [handler.bars_topic], handler.group, handler,
-                    max_records=settings.engine_batch_max, blocks=True,
+                    max_records=settings.engine_batch_max, blocks=True, in_flight=2,
                 )  # fmt: skip
                 handler.consumer = consumer
                 ops.checks["engine"] = consumer_ready(consumer)

@@ -10,7 +10,9 @@ A handler may return from ``on_batch`` before the batch is durable, handing back
 awaitable that completes when it is (its writes in flight): the consumer then fetches
 and hands over the next batch while those writes travel, and commits the batch once its
 awaitable is done — before it settles the next one, so commits stay in order. At most
-one such batch is pending; a rebalance, a stop or a close waits for it (and commits it)
+``in_flight`` such batches are pending (one unless the consumer is made with more: the
+engine's writes of one batch span a broker ack and a commit, which a second batch's
+computation hides); a rebalance, a stop or a close waits for them (and commits them)
 before the handler is told to let partitions go.
 
 Rebalances run concurrently with processing in aiokafka, so the revoke hook
@@ -38,6 +40,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
@@ -122,6 +125,7 @@ class BatchConsumer(AsyncResource):
         max_records: int | None = None,
         idle_fetch: bool = True,
         blocks: bool = False,
+        in_flight: int = 1,
     ) -> None:
         if not topics:
             raise ValueError("a consumer needs at least one topic")
@@ -146,8 +150,14 @@ class BatchConsumer(AsyncResource):
         # those records were handled already
         self._next: dict[TopicPartition, int] = {}
         self._reread: dict[TopicPartition, int] = {}  # position a gap made us re-read from
-        # a batch handed over whose outputs are still being written: (done, offsets, batch)
-        self._pending: tuple[asyncio.Future[None], dict[TopicPartition, int], Batch] | None = None
+        # batches handed over whose outputs are still being written, oldest first:
+        # (done, offsets, batch), at most ``in_flight`` of them
+        self._pending: deque[tuple[asyncio.Future[None], dict[TopicPartition, int], Batch]] = (
+            deque()
+        )
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
+        self._in_flight = in_flight
         self.duplicates_dropped = 0
         self.records_processed = 0
         self._idle_fetch = idle_fetch
@@ -202,13 +212,13 @@ class BatchConsumer(AsyncResource):
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             while True:
                 waits: set[asyncio.Future[Any]] = {fetch, stop_wait}
-                if self._pending is not None:
-                    waits.add(self._pending[0])
+                if self._pending:
+                    waits.add(self._pending[0][0])
                 done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if fetch in done or stop_wait in done:
                     break
-                async with self._lock:  # the pending batch is written: commit it now,
-                    await self._settle()  # not when the next batch comes
+                async with self._lock:  # the oldest pending batch is written: commit it
+                    await self._settle_written()  # now, not when the next batch comes
             stop_wait.cancel()
             if fetch not in done:
                 # Stop requested while waiting for data: nothing fetched is lost
@@ -265,21 +275,27 @@ class BatchConsumer(AsyncResource):
             done = await self._handler.on_batch(batch)
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
             self._next.update(offsets)
-            await self._settle()  # the batch before (its commit comes first)
             if done is None:
+                await self._settle()  # the batches before (their commits come first)
                 await self._committed(offsets, batch)
             else:
-                self._pending = (asyncio.ensure_future(done), offsets, batch)
+                self._pending.append((asyncio.ensure_future(done), offsets, batch))
+                await self._settle_written()
+                await self._settle(keep=self._in_flight)
         BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
 
-    async def _settle(self) -> None:
-        """Wait for the pending batch's outputs and commit it (under ``_lock``)."""
-        if self._pending is None:
-            return
-        done, offsets, batch = self._pending
-        self._pending = None
-        await done
-        await self._committed(offsets, batch)
+    async def _settle(self, keep: int = 0) -> None:
+        """Wait for the oldest pending batches' outputs and commit them, in order, until
+        ``keep`` are left (under ``_lock``)."""
+        while len(self._pending) > keep:
+            done, offsets, batch = self._pending.popleft()
+            await done
+            await self._committed(offsets, batch)
+
+    async def _settle_written(self) -> None:
+        """Commit the oldest pending batches whose outputs are written already."""
+        while self._pending and self._pending[0][0].done():
+            await self._settle(keep=len(self._pending) - 1)
 
     async def _committed(self, offsets: dict[TopicPartition, int], batch: Batch) -> None:
         await self._commit(offsets)

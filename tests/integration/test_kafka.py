@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
 from technic_stream.kafka import DLQ_HEADERS, BatchConsumer, Producer
@@ -209,9 +210,11 @@ class _DeferredWrites(BarCollector):
         super().__init__(settings, producer)
         self.release: list[asyncio.Event] = []
         self.written: list[int] = []  # batch numbers, in the order their writes finished
+        self.ends: list[int] = []  # each batch's next offset
 
     async def on_batch(self, batch):
         await super().on_batch(batch)
+        self.ends.append(self.handled[-1][1] + 1)
         n, gate = self.batches, asyncio.Event()
         self.release.append(gate)
 
@@ -259,6 +262,59 @@ async def test_a_batch_handed_back_unwritten_is_committed_only_once_written(sett
             c.stop()
             await asyncio.wait_for(run, 10)
     assert c.records_processed == 10
+
+
+async def test_two_batches_in_flight_are_committed_in_order_each_once_written(settings):
+    """With ``in_flight=2`` a third batch is handed over while two are being written; the
+    consumer then waits for the oldest; commits follow the batches' order even when a
+    later batch's writes finish first."""
+    settings = settings.model_copy(update={"kafka_fetch_max_records": 4})
+    topic = f"{settings.topic_prefix}md.bars"
+    group = f"g-{settings.topic_prefix}"
+    loop = asyncio.get_running_loop()
+
+    async def until(cond, what: str) -> None:
+        deadline = loop.time() + 20
+        while not cond():
+            assert loop.time() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    async with Producer(settings) as producer:
+        for i in range(16):
+            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
+        await producer.flush()
+        handler = _DeferredWrites(settings, producer)
+        async with BatchConsumer(settings, [topic], group, handler, in_flight=2) as c:
+            run = asyncio.create_task(c.run())
+            await until(lambda: handler.batches == 3, "a third batch")
+            await asyncio.sleep(0.3)
+            assert handler.batches == 3  # two pending and the third handed over: it waits
+            assert c.committed == {}
+            handler.release[1].set()  # the second is written before the first:
+            await asyncio.sleep(0.3)
+            assert c.committed == {}  # nothing is committed past an unwritten batch
+            handler.release[0].set()
+            await until(lambda: c.committed, "the first commits")
+            (tp,) = c.committed
+            await until(lambda: c.committed[tp] == handler.ends[1], "both written batches")
+            await until(lambda: handler.batches >= 4, "a fourth batch once two are settled")
+
+            def all_written() -> bool:
+                for gate in handler.release:
+                    gate.set()
+                return c.records_processed == 16
+
+            await until(all_written, "every batch written and committed")
+            assert c.committed[tp] == handler.ends[-1] == handler.handled[-1][1] + 1
+            assert handler.written[:2] == [2, 1]
+            c.stop()
+            await asyncio.wait_for(run, 10)
+    assert c.records_processed == 16
+
+
+def test_in_flight_must_be_at_least_one(settings):
+    with pytest.raises(ValueError, match="in_flight"):
+        BatchConsumer(settings, ["t"], "g", object(), in_flight=0)  # type: ignore[arg-type]
 
 
 async def test_a_quiet_consumer_polls_slower_and_fast_again_once_records_come(settings):
