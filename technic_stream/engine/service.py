@@ -223,6 +223,7 @@ class EngineService:
         self._candidates_seen = 0  # (in the batch being computed: orders its alerts)
         self._inflight: asyncio.Task[None] | None = None  # the last batch's writes
         self._alerts_out: asyncio.Future[None] | None = None  # ... and its alerts step
+        self._gate_out: asyncio.Future[None] | None = None  # ... and its gate call
         # Redis away: a batch's writes wait for it (idempotent: the hashes are set again,
         # the gate answers a replayed alert id with its recorded decision)
         self.redis_writes = Retrier("Redis", REDIS_ERRORS, stop=self.stop)
@@ -301,12 +302,14 @@ class EngineService:
             stages["checkpoint"] += _lap(t)
             writes = _Writes(batch, list(alerts.values()), [*gate_calls, *values], snapshots,
                              stages, started)  # fmt: skip
-            alerts_out = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            gate_out, alerts_out = loop.create_future(), loop.create_future()
             self._inflight = asyncio.create_task(
-                self._write(writes, self._inflight, self._alerts_out, alerts_out),
+                self._write(writes, self._inflight, (self._gate_out, gate_out),
+                            (self._alerts_out, alerts_out)),
                 name="engine-writes",
-            )
-            self._alerts_out = alerts_out
+            )  # fmt: skip
+            self._gate_out, self._alerts_out = gate_out, alerts_out
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
             return self._inflight
 
@@ -314,42 +317,54 @@ class EngineService:
         self,
         w: _Writes,
         before: asyncio.Task[None] | None,
-        before_alerts: asyncio.Future[None] | None,
-        alerts_out: asyncio.Future[None],
+        gate: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
+        alerts: tuple[asyncio.Future[None] | None, asyncio.Future[None]],
     ) -> None:
         """One batch's round trips: the gate's decisions (and its channel appends) in
-        one Redis pipeline and the firings to Kafka at once, once the batch before has
-        done the same (``alerts_out`` says when); beside them, as soon as the batch before
+        one Redis pipeline once the batch before has had its own (``gate``: the batch
+        before's step and this one's); the firings to Kafka at once once the batch before
+        has sent its own (``alerts``, likewise); beside them, as soon as the batch before
         is written whole, the hashes and the value channels in another pipeline; then the
         broker's acks and the due checkpoints. (One pipeline for both made every alert
         wait for all of the batch's hashes; waiting for the batch before's hashes made
         every alert wait for the last batch's; sending the hashes only after the gate had
-        answered left the loop idle for their round trip while the next batch waited to
-        be fetched.) Decisions, firings and hashes each keep the batches' order; the
-        gate's keys are not the hashes', so one may pass the other."""
+        answered left the loop idle for their round trip; sending a gate call only after
+        the batch before had sent its firings kept Redis idle while the engine built
+        them.) Decisions, firings and hashes each keep the batches' order; the gate's
+        keys are not the hashes', so one may pass the other."""
         stages = w.stages
         gate_calls, values = w.commands[: len(w.alerts)], w.commands[len(w.alerts) :]
         written = asyncio.ensure_future(self._write_values(values, before, stages))
+        step = gate
         try:
-            if before_alerts is not None:
-                await before_alerts
+            replies: list[Any] = []
+            if gate[0] is not None:
+                await gate[0]
             if gate_calls:
                 t = time.perf_counter()
                 replies = await self.redis_writes(
                     lambda: execute(self.redis, gate_calls, scripts=self._scripts)
                 )
+                stages["alerts"] += _lap(t)
+            gate[1].set_result(None)
+            step = alerts
+            if alerts[0] is not None:
+                await alerts[0]
+            if gate_calls:
+                t = time.perf_counter()
                 await self._fired(w.alerts, replies)
                 stages["alerts"] += _lap(t)
+            alerts[1].set_result(None)
         except BaseException as exc:
             written.cancel()
             await asyncio.gather(written, return_exceptions=True)
-            if isinstance(exc, asyncio.CancelledError):
-                alerts_out.cancel()
-            else:
-                alerts_out.set_exception(exc)
-                alerts_out.exception()  # the next batch re-raises it; nobody else must
+            for out in {step[1], alerts[1]}:  # this step's, and the firings' (not sent)
+                if isinstance(exc, asyncio.CancelledError):
+                    out.cancel()
+                else:
+                    out.set_exception(exc)
+                    out.exception()  # the next batch re-raises it; nobody else must
             raise
-        alerts_out.set_result(None)
         await written
         t = time.perf_counter()
         await self.producer.flush()
@@ -384,7 +399,7 @@ class EngineService:
         if self._inflight is not None:
             inflight, self._inflight = self._inflight, None
             await inflight
-            self._alerts_out = None
+            self._gate_out = self._alerts_out = None
 
     def _apply(
         self,
