@@ -186,9 +186,8 @@ class Book:
             src[:, f] = cols[f]
         at = _NF
         first = None
-        for seg in self.segments:
-            res = seg.apply(rows, ts, *cols)
-            src[:, at : at + seg.plan.n_outputs] = res.out
+        for seg in self.segments:  # (each segment's kernel writes its columns in place)
+            res = seg.apply(rows, ts, *cols, out=src[:, at : at + seg.plan.n_outputs])
             at += seg.plan.n_outputs
             if first is None:
                 first = res
