@@ -187,7 +187,8 @@ class Book:
         at = _NF
         first = None
         for seg in self.segments:  # (each segment's kernel writes its columns in place)
-            res = seg.apply(rows, ts, *cols, out=src[:, at : at + seg.plan.n_outputs])
+            res = seg.apply(rows, ts, cols[0], cols[1], cols[2], cols[3], cols[4],
+                            out=src[:, at : at + seg.plan.n_outputs])  # fmt: skip
             at += seg.plan.n_outputs
             if first is None:
                 first = res
