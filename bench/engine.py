@@ -1,6 +1,6 @@
 """Engine: end-to-end bars/s and bar→alert latency, ours against Quix Streams + talipp.
 
-    .venv/bin/python bench/engine.py [--symbols 1000] [--steps 500] [--rate 10000]
+    .venv/bin/python bench/engine.py [--symbols 1000] [--steps 1000] [--rate 10000]
                                      [--latency-s 20] [--peer-set full|ema_rsi] [--no-peer]
 
 Starts the local stack (tansu, Redis, nx-27017) itself; every contender gets fresh topics
@@ -427,7 +427,7 @@ async def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--symbols", type=int, default=1_000)
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=1_000)
     ap.add_argument("--rate", type=float, default=10_000, help="bars/s of the latency runs")
     ap.add_argument("--latency-s", type=float, default=20.0)
     ap.add_argument("--peer-set", choices=("full", "ema_rsi"), default="full")

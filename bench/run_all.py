@@ -33,7 +33,7 @@ STEPS: dict[str, tuple[list[str], int]] = {
     "kernels": (["bench/kernels.py", "--repeats", "3"], 300),
     "rules": (["bench/rules.py", "--repeats", "20"], 300),
     "ingest": (["bench/ingest.py", "--repeats", "2"], 300),
-    "engine": (["bench/engine.py", "--steps", "500", "--repeats", "2", "--latency-s", "8",
+    "engine": (["bench/engine.py", "--steps", "1000", "--repeats", "2", "--latency-s", "8",
                 "--json", "bench/results/engine.json"], 1200),
     **{f"engine-latency-{r}": (["bench/engine.py", "--skip-throughput", "--no-peer", "--rate",
                                 str(r), "--latency-s", "8", "--json",

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["BAR_KEYS", "BATCH_KEYS", "TIMEFRAME_NAMES", "joined_symbols_nb", "parse_bar_batches",
-           "parse_bars", "same_bytes_nb"]  # fmt: skip
+__all__ = ["BAR_KEYS", "BATCH_KEYS", "TIMEFRAME_NAMES", "arrival_codes_nb", "joined_symbols_nb",
+           "parse_bar_batches", "parse_bars", "same_bytes_nb"]  # fmt: skip
 
 #: key codes of a Bar object, in the order of the output columns
 BAR_KEYS = ("type", "v", "symbol", "tf", "ts", "open", "high", "low", "close", "volume")
@@ -331,6 +331,53 @@ def parse_bars(
     _parse_nb(buf, starts, ts, cols, tf, sym_at, sym_hash, ok,
               _KEY_BYTES, _KEY_AT, _TF_BYTES, _TF_AT, _POW10)  # fmt: skip
     return ok, ts, cols, tf, sym_at, sym_hash
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the table's slot of a hash
+
+
+@njit(cache=True)
+def arrival_codes_nb(hashes):
+    """Each row's code — the rank of its hash among the distinct ones in order of first
+    arrival — and the first row of each code, through an open-addressing table (sorting
+    the hashes, as ``np.unique`` does, was most of the time of coding a batch's symbols).
+    """
+    n = hashes.shape[0]
+    bits = 4
+    while (1 << bits) < 2 * min(n, 1024):
+        bits += 1
+    size = 1 << bits
+    shift = np.uint64(64 - bits)
+    slots = np.full(size, -1, dtype=np.int64)
+    code = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        h = hashes[i]
+        j = np.int64((h * _MIX) >> shift)
+        while True:
+            c = slots[j]
+            if c < 0:
+                slots[j] = k
+                first[k] = i
+                code[i] = k
+                k += 1
+                if 2 * k > size:  # half full: twice the slots, the codes placed again
+                    bits += 1
+                    size = 1 << bits
+                    shift = np.uint64(64 - bits)
+                    slots = np.full(size, -1, dtype=np.int64)
+                    for q in range(k):
+                        jq = np.int64((hashes[first[q]] * _MIX) >> shift)
+                        while slots[jq] >= 0:
+                            jq = (jq + 1) & (size - 1)
+                        slots[jq] = q
+                break
+            if hashes[first[c]] == h:
+                code[i] = c
+                break
+            j = (j + 1) & (size - 1)
+    return code, first[:k]
 
 
 @njit(cache=True)

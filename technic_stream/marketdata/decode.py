@@ -25,6 +25,7 @@ from technic_stream.kafka.blocks import RecordChain
 from technic_stream.kafka.dlq import KafkaRecord
 from technic_stream.kernels.wire import (
     TIMEFRAME_NAMES,
+    arrival_codes_nb,
     joined_symbols_nb,
     parse_bar_batches,
     parse_bars,
@@ -374,15 +375,11 @@ def _coded_rows(
 ) -> BarRows:
     """Rows from the parsers' columns, with one str per distinct symbol (its bytes
     compared, so a hash collision cannot merge two)."""
-    _, first, inverse = np.unique(sym_hash, return_index=True, return_inverse=True)
-    if not same_bytes_nb(buf, sym_at, first[inverse]):
+    code, first = arrival_codes_nb(sym_hash)  # (codes in order of first arrival)
+    if not same_bytes_nb(buf, sym_at, first[code]):
         raise _Collision
-    arrival = np.argsort(first, kind="stable")  # the distinct symbols in arrival order
-    code = np.empty_like(arrival)
-    code[arrival] = np.arange(len(arrival))
-    code = code[inverse.ravel()]
     names = np.array(
-        joined_symbols_nb(buf, sym_at, first[arrival]).tobytes().decode("ascii").split("\n"),
+        joined_symbols_nb(buf, sym_at, first).tobytes().decode("ascii").split("\n"),
         dtype=object,
     )
     o, h, lo, c, v = cols

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 
 from technic_stream.errors import MessageDecodeError
 from technic_stream.kafka.blocks import FetchBlocks, RecordChain, chain_of
-from technic_stream.kernels.wire import TIMEFRAME_NAMES, joined_symbols_nb, parse_bar_batches
+from technic_stream.kernels.wire import (
+    TIMEFRAME_NAMES,
+    arrival_codes_nb,
+    joined_symbols_nb,
+    parse_bar_batches,
+)
 from technic_stream.marketdata.decode import decode_bar_records, decode_trade_records
 from technic_stream.messages import MAX_BATCH_ROWS, Bar, BarBatch, Trade, decode
 from tests.unit.test_messages import BAR
@@ -502,3 +507,22 @@ def test_joined_symbols_are_the_picked_rows_symbols_in_order(symbols, rnd):
     picks = np.array(rnd.sample(range(len(raw)), len(raw)), dtype=np.int64)
     got = joined_symbols_nb(buf, sym_at, picks).tobytes().decode("ascii")
     assert (got.split("\n") if len(picks) else []) == [symbols[i] for i in picks]
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=40), st.integers(0, 3_000),
+       st.randoms(use_true_random=False))  # fmt: skip
+def test_arrival_codes_number_the_distinct_hashes_in_order_of_first_arrival(pool, n, rnd):
+    """Whatever the hashes (colliding slots, more distinct ones than the first table holds),
+    each row's code is its hash's rank by first arrival and ``first`` is where each code
+    first came."""
+    pool = pool + [rnd.getrandbits(64) for _ in range(rnd.choice((0, 1_500)))]
+    hashes = np.array([rnd.choice(pool) for _ in range(n)] if pool else [], dtype=np.uint64)
+    code, first = arrival_codes_nb(hashes)
+    rank: dict[int, int] = {}
+    where: list[int] = []
+    for i, h in enumerate(hashes.tolist()):  # distinct, in arrival order
+        if h not in rank:
+            rank[h] = len(rank)
+            where.append(i)
+    assert code.tolist() == [rank[h] for h in hashes.tolist()]
+    assert first.tolist() == where
