@@ -472,23 +472,7 @@ def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10
             sym_at[r, 0] = s
             sym_at[r, 1] = e
             sym_hash[r] = h
-        elif k == 4:  # ts: an integer literal, exactly
-            start = i
-            neg = i < end and buf[i] == 45
-            if neg:
-                i += 1
-            d0 = i
-            v = 0
-            while i < end and 48 <= buf[i] <= 57:
-                v = v * 10 + (buf[i] - 48)
-                i += 1
-            nd = i - d0
-            if nd == 0 or nd > 18 or (nd > 1 and buf[d0] == 48):
-                return i, -1
-            if i < end and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
-                return i, -1  # a float where an integer must be: the general decoder
-            ts[r] = -v if neg else v
-        else:
+        else:  # ts (an integer literal, exactly) or a number: the sign and digits first
             start = i
             neg = i < end and buf[i] == 45
             if neg:
@@ -499,36 +483,43 @@ def _batch_array_nb(buf, i, end, k, base, cap, ts, cols, sym_at, sym_hash, pow10
                 m = m * 10 + (buf[i] - 48)
                 i += 1
             nd = i - d0
-            exp10 = 0
-            if i < end and buf[i] == 46:  # .
-                i += 1
-                f = i
-                while i < end and 48 <= buf[i] <= 57:
-                    m = m * 10 + (buf[i] - 48)
-                    i += 1
-                exp10 = f - i
-            usual = (
-                nd > 0 and not (nd > 1 and buf[d0] == 48) and nd - exp10 <= 18
-                and not (exp10 == 0 and i > d0 + nd)  # a '.' without digits
-                and not (i < end and (buf[i] == 101 or buf[i] == 69))
-                and m <= _MAX_EXACT and exp10 >= -22
-            )  # fmt: skip
-            if usual:
-                if exp10 == 0:  # an integer literal (an integer 0 has no sign)
-                    x = float(m)
-                    if neg and m != 0:
-                        x = -x
-                    if m == _MAX_EXACT:
-                        return i, -1
-                else:  # m and 10**-exp10 exact: one correctly rounded division
-                    x = float(m) / pow10[-exp10]
-                    if neg:
-                        x = -x
-            else:
-                x, i, kind = _number_nb(buf, start, end, pow10)
-                if kind == 0:
+            if k == 4:
+                if nd == 0 or nd > 18 or (nd > 1 and buf[d0] == 48):
                     return i, -1
-            cols[k - 5, r] = x
+                if i < end and (buf[i] == 46 or buf[i] == 101 or buf[i] == 69):
+                    return i, -1  # a float where an integer must be: the general decoder
+                ts[r] = -m if neg else m
+            else:
+                exp10 = 0
+                if i < end and buf[i] == 46:  # .
+                    i += 1
+                    f = i
+                    while i < end and 48 <= buf[i] <= 57:
+                        m = m * 10 + (buf[i] - 48)
+                        i += 1
+                    exp10 = f - i
+                usual = (
+                    nd > 0 and not (nd > 1 and buf[d0] == 48) and nd - exp10 <= 18
+                    and not (exp10 == 0 and i > d0 + nd)  # a '.' without digits
+                    and not (i < end and (buf[i] == 101 or buf[i] == 69))
+                    and m <= _MAX_EXACT and exp10 >= -22
+                )  # fmt: skip
+                if usual:
+                    if exp10 == 0:  # an integer literal (an integer 0 has no sign)
+                        x = float(m)
+                        if neg and m != 0:
+                            x = -x
+                        if m == _MAX_EXACT:
+                            return i, -1
+                    else:  # m and 10**-exp10 exact: one correctly rounded division
+                        x = float(m) / pow10[-exp10]
+                        if neg:
+                            x = -x
+                else:
+                    x, i, kind = _number_nb(buf, start, end, pow10)
+                    if kind == 0:
+                        return i, -1
+                cols[k - 5, r] = x
         count += 1
         if i < end and buf[i] <= 32:  # (white space is rare: see _ws_nb)
             i = _ws_nb(buf, i, end)

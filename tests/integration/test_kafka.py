@@ -225,22 +225,28 @@ class _DeferredWrites(BarCollector):
         return asyncio.create_task(write())
 
 
+async def _until(cond, what: str, within: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _ibm_bars(producer: Producer, topic: str, n: int) -> None:
+    for i in range(n):
+        await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
+    await producer.flush()
+
+
 async def test_a_batch_handed_back_unwritten_is_committed_only_once_written(settings):
     settings = settings.model_copy(update={"kafka_fetch_max_records": 5})
     topic = f"{settings.topic_prefix}md.bars"
     group = f"g-{settings.topic_prefix}"
-    loop = asyncio.get_running_loop()
-
-    async def until(cond, what: str) -> None:
-        deadline = loop.time() + 20
-        while not cond():
-            assert loop.time() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.02)
+    until = _until
 
     async with Producer(settings) as producer:
-        for i in range(10):
-            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
-        await producer.flush()
+        await _ibm_bars(producer, topic, 10)
         handler = _DeferredWrites(settings, producer)
         async with BatchConsumer(settings, [topic], group, handler) as c:
             run = asyncio.create_task(c.run())
@@ -271,18 +277,10 @@ async def test_two_batches_in_flight_are_committed_in_order_each_once_written(se
     settings = settings.model_copy(update={"kafka_fetch_max_records": 4})
     topic = f"{settings.topic_prefix}md.bars"
     group = f"g-{settings.topic_prefix}"
-    loop = asyncio.get_running_loop()
-
-    async def until(cond, what: str) -> None:
-        deadline = loop.time() + 20
-        while not cond():
-            assert loop.time() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.02)
+    until = _until
 
     async with Producer(settings) as producer:
-        for i in range(16):
-            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
-        await producer.flush()
+        await _ibm_bars(producer, topic, 16)
         handler = _DeferredWrites(settings, producer)
         async with BatchConsumer(settings, [topic], group, handler, in_flight=2) as c:
             run = asyncio.create_task(c.run())
