@@ -600,15 +600,16 @@ class EngineService:
             "rule status changed",
             extra={"rule_id": m.rule_id, "status": rule.status, "reason": rule.reason},
         )
-        if rule.status in ("expired",):
-            await self.gate.set_status(m.rule_id, rule.status, rule.reason)
+        status, reason = rule.status, rule.reason
+        if status in ("expired",):  # (both writes idempotent: retried while Redis is away)
+            await self.redis_writes(lambda: self.gate.set_status(m.rule_id, status, reason))
         event = orjson.dumps(
             {"type": "rule_status", "rule_id": m.rule_id, "owner": m.owner,
-             "status": rule.status, "reason": rule.reason, "ts": _wall_ms()}
+             "status": status, "reason": reason, "ts": _wall_ms()}
         )  # fmt: skip
-        await self.publisher.publish_many(
-            [(f"alerts.{m.owner}", event, f"status:{m.rule_id}:{m.ts}:{rule.status}")]
-        )
+        await self.redis_writes(lambda: self.publisher.publish_many(
+            [(f"alerts.{m.owner}", event, f"status:{m.rule_id}:{m.ts}:{status}")]
+        ))  # fmt: skip
         self._count_rules()
 
     def _count_rules(self) -> None:
@@ -661,12 +662,14 @@ class EngineService:
 
     async def _refresh_interest(self) -> None:
         """The market channels anyone wants: re-read once a second (lapsed interest), and
-        at the next batch after a write saw the set gain a member (a new subscriber)."""
+        at the next batch after a write saw the set gain a member (a new subscriber).
+        Redis away, it waits for Redis like the writes do (with batches in flight, the
+        next batch's computation reaches it while the writes before are retrying)."""
         if self.settings.channel_publish == "all":
             return
         now = time.monotonic()
         if now - self._wanted_at >= _INTEREST_REFRESH_S:
-            self._wanted, self._wanted_rev = await self.interest.wanted_at()
+            self._wanted, self._wanted_rev = await self.redis_writes(self.interest.wanted_at)
             self._wanted_at = now
 
     def _saw_revision(self, reply: Any) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from technic_stream.config import Settings
+from technic_stream.engine.service import EngineService
+from technic_stream.kafka import Producer
 from technic_stream.local import free_port
 from technic_stream.local.process import ServerProcess
 from technic_stream.local.servers import find_redis_server, mongo_answers, redis_answers
@@ -139,6 +141,36 @@ async def test_redis_killed_under_load_and_back(settings, tmp_path):
 
                 await eventually(scan_status, lambda st: st == "done", "the scan done", 60)
     finally:
+        server.stop()
+
+
+async def test_the_engine_waits_for_redis_where_a_batch_reads_the_wanted_channels(
+    settings, tmp_path
+):
+    """With batches in flight, a batch's computation can reach the interest read while
+    Redis is away (CI saw the engine crash on it): the read waits, readiness is red, and
+    it answers once Redis is back."""
+    port = free_port()
+    server = _redis(port, tmp_path)
+    await asyncio.to_thread(server.start)
+    s = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0",
+                                    "channel_publish": "subscribed"})  # fmt: skip
+    redis = redis_client(s)
+    try:
+        async with Producer(s) as producer:
+            engine = EngineService(s, producer, redis)
+            _kill(server)
+            read = asyncio.create_task(engine._refresh_interest())
+            await asyncio.sleep(1.0)
+            assert not read.done()  # waiting, not crashed
+            with pytest.raises(RuntimeError, match="Redis writes failing"):
+                await engine.redis_ready()
+            await asyncio.to_thread(server.start)
+            await asyncio.wait_for(read, 30)
+            assert engine._wanted == set()
+            await engine.redis_ready()
+    finally:
+        await redis.aclose()
         server.stop()
 
 
