@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 import pytest
@@ -225,7 +226,7 @@ class _DeferredWrites(BarCollector):
         return asyncio.create_task(write())
 
 
-async def _until(cond, what: str, within: float = 20.0) -> None:
+async def until(cond, what: str, within: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while not cond():
@@ -233,40 +234,41 @@ async def _until(cond, what: str, within: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _ibm_bars(producer: Producer, topic: str, n: int) -> None:
-    for i in range(n):
-        await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
-    await producer.flush()
+@contextlib.asynccontextmanager
+async def _deferred_consumer(settings, bars: int, per_fetch: int, in_flight: int = 1):
+    """``bars`` IBM bars in the topic, then a running consumer of ``per_fetch`` records a
+    batch whose handler's writes wait for a release: (handler, consumer, its run task)."""
+    settings = settings.model_copy(update={"kafka_fetch_max_records": per_fetch})
+    topic = f"{settings.topic_prefix}md.bars"
+    async with Producer(settings) as producer:
+        for i in range(bars):
+            await producer.send(topic, encode(bar("IBM", i)), key=b"IBM")
+        await producer.flush()
+        handler = _DeferredWrites(settings, producer)
+        group = f"g-{settings.topic_prefix}"
+        async with BatchConsumer(settings, [topic], group, handler, in_flight=in_flight) as c:
+            yield handler, c, asyncio.create_task(c.run())
 
 
 async def test_a_batch_handed_back_unwritten_is_committed_only_once_written(settings):
-    settings = settings.model_copy(update={"kafka_fetch_max_records": 5})
-    topic = f"{settings.topic_prefix}md.bars"
-    group = f"g-{settings.topic_prefix}"
-    until = _until
-
-    async with Producer(settings) as producer:
-        await _ibm_bars(producer, topic, 10)
-        handler = _DeferredWrites(settings, producer)
-        async with BatchConsumer(settings, [topic], group, handler) as c:
-            run = asyncio.create_task(c.run())
-            # the second batch is handed over while the first one's writes are pending,
-            # and the consumer then waits for the first (one batch pending at most)
-            await until(lambda: handler.batches == 2, "a second batch")
-            assert c.committed == {} and handler.written == []
-            first_end = handler.handled[4][1] + 1
-            handler.release[0].set()
-            await until(lambda: c.committed, "the first commit")
-            (tp,) = c.committed
-            assert c.committed[tp] == first_end
-            # no more records arrive: the last batch is committed when written, not later
-            await asyncio.sleep(0.3)
-            assert c.committed[tp] == first_end  # not before its writes finish
-            handler.release[1].set()
-            await until(lambda: c.committed[tp] == handler.handled[-1][1] + 1, "the last commit")
-            assert handler.written == [1, 2]
-            c.stop()
-            await asyncio.wait_for(run, 10)
+    async with _deferred_consumer(settings, bars=10, per_fetch=5) as (handler, c, run):
+        # the second batch is handed over while the first one's writes are pending,
+        # and the consumer then waits for the first (one batch pending at most)
+        await until(lambda: handler.batches == 2, "a second batch")
+        assert c.committed == {} and handler.written == []
+        first_end = handler.handled[4][1] + 1
+        handler.release[0].set()
+        await until(lambda: c.committed, "the first commit")
+        (tp,) = c.committed
+        assert c.committed[tp] == first_end
+        # no more records arrive: the last batch is committed when written, not later
+        await asyncio.sleep(0.3)
+        assert c.committed[tp] == first_end  # not before its writes finish
+        handler.release[1].set()
+        await until(lambda: c.committed[tp] == handler.handled[-1][1] + 1, "the last commit")
+        assert handler.written == [1, 2]
+        c.stop()
+        await asyncio.wait_for(run, 10)
     assert c.records_processed == 10
 
 
@@ -274,39 +276,32 @@ async def test_two_batches_in_flight_are_committed_in_order_each_once_written(se
     """With ``in_flight=2`` a third batch is handed over while two are being written; the
     consumer then waits for the oldest; commits follow the batches' order even when a
     later batch's writes finish first."""
-    settings = settings.model_copy(update={"kafka_fetch_max_records": 4})
-    topic = f"{settings.topic_prefix}md.bars"
-    group = f"g-{settings.topic_prefix}"
-    until = _until
+    async with _deferred_consumer(settings, bars=16, per_fetch=4, in_flight=2) as (
+        handler, c, run
+    ):  # fmt: skip
+        await until(lambda: handler.batches == 3, "a third batch")
+        await asyncio.sleep(0.3)
+        assert handler.batches == 3  # two pending and the third handed over: it waits
+        assert c.committed == {}
+        handler.release[1].set()  # the second is written before the first:
+        await asyncio.sleep(0.3)
+        assert c.committed == {}  # nothing is committed past an unwritten batch
+        handler.release[0].set()
+        await until(lambda: c.committed, "the first commits")
+        (tp,) = c.committed
+        await until(lambda: c.committed[tp] == handler.ends[1], "both written batches")
+        await until(lambda: handler.batches >= 4, "a fourth batch once two are settled")
 
-    async with Producer(settings) as producer:
-        await _ibm_bars(producer, topic, 16)
-        handler = _DeferredWrites(settings, producer)
-        async with BatchConsumer(settings, [topic], group, handler, in_flight=2) as c:
-            run = asyncio.create_task(c.run())
-            await until(lambda: handler.batches == 3, "a third batch")
-            await asyncio.sleep(0.3)
-            assert handler.batches == 3  # two pending and the third handed over: it waits
-            assert c.committed == {}
-            handler.release[1].set()  # the second is written before the first:
-            await asyncio.sleep(0.3)
-            assert c.committed == {}  # nothing is committed past an unwritten batch
-            handler.release[0].set()
-            await until(lambda: c.committed, "the first commits")
-            (tp,) = c.committed
-            await until(lambda: c.committed[tp] == handler.ends[1], "both written batches")
-            await until(lambda: handler.batches >= 4, "a fourth batch once two are settled")
+        def all_written() -> bool:
+            for gate in handler.release:
+                gate.set()
+            return c.records_processed == 16
 
-            def all_written() -> bool:
-                for gate in handler.release:
-                    gate.set()
-                return c.records_processed == 16
-
-            await until(all_written, "every batch written and committed")
-            assert c.committed[tp] == handler.ends[-1] == handler.handled[-1][1] + 1
-            assert handler.written[:2] == [2, 1]
-            c.stop()
-            await asyncio.wait_for(run, 10)
+        await until(all_written, "every batch written and committed")
+        assert c.committed[tp] == handler.ends[-1] == handler.handled[-1][1] + 1
+        assert handler.written[:2] == [2, 1]
+        c.stop()
+        await asyncio.wait_for(run, 10)
     assert c.records_processed == 16
 
 
