@@ -322,8 +322,8 @@ class EngineService:
     ) -> None:
         """One batch's round trips: the gate's decisions (and its channel appends) in
         one Redis pipeline once the batch before has had its own (``gate``: the batch
-        before's step and this one's); the firings to Kafka at once once the batch before
-        has sent its own (``alerts``, likewise); beside them, as soon as the batch before
+        before's step and this one's); the firings to Kafka together, after the batch
+        before has sent its own (``alerts``, likewise); beside them, as soon as the batch before
         is written whole, the hashes and the value channels in another pipeline; then the
         broker's acks and the due checkpoints. (One pipeline for both made every alert
         wait for all of the batch's hashes; waiting for the batch before's hashes made
