@@ -334,11 +334,13 @@ def _wire_bars(
     messages among the rest — as rows in record order (their indices in ``record``); the
     indices of the others; and those of the batches."""
     buf, starts = _joined_values(records)
+    # (columns taken with .take(_, 1): cols[:, idx] comes out column-major, each field
+    # strided, and the book then copied every field of every bar once more)
     ok, ts, cols, tf, sym_at, sym_hash = parse_bars(buf, starts)
     small = np.diff(starts) <= max_bytes
     ok &= small
     idx = np.flatnonzero(ok)  # single bars
-    rec, ts, cols, tf, sym_at, sym_hash = idx, ts[idx], cols[:, idx], tf[idx], sym_at[idx], \
+    rec, ts, cols, tf, sym_at, sym_hash = idx, ts[idx], cols.take(idx, 1), tf[idx], sym_at[idx], \
         sym_hash[idx]  # fmt: skip
     batches: set[int] = set()
     todo = np.flatnonzero(~ok & small)
@@ -354,7 +356,7 @@ def _wire_bars(
             order = np.argsort(rec, kind="stable")  # record order; a batch's rows in order
             rec = rec[order]
             ts = np.concatenate((ts, b_ts))[order]
-            cols = np.concatenate((cols, b_cols), axis=1)[:, order]
+            cols = np.concatenate((cols, b_cols), axis=1).take(order, 1)
             tf = np.concatenate((tf, b_tf))[order]
             sym_at = np.concatenate((sym_at, b_at))[order]
             sym_hash = np.concatenate((sym_hash, b_hash))[order]

@@ -265,6 +265,22 @@ def test_a_mixed_batch_keeps_record_order_across_both_parsers():
     ]
 
 
+@pytest.mark.parametrize("kind", ["bars", "batch", "both"])
+def test_the_numba_parsers_columns_come_out_contiguous(kind):
+    """Each field of the rows is one contiguous array (the kernels take them as they are;
+    a strided field is copied once more for every bar)."""
+    bars = [Rec(orjson.dumps({**GOOD, "symbol": f"S{i}"})) for i in range(3)]
+    batch = Rec(orjson.dumps({"type": "bar_batch", "v": 1, "tf": "1m", "symbols": ["B1", "B2"],
+                              "ts": [GOOD["ts"]] * 2, "open": [5.0, 6.0], "high": [5.0, 6.0],
+                              "low": [5.0, 6.0], "close": [5.0, 6.0],
+                              "volume": [1.0, 2.0]}))  # fmt: skip
+    recs = {"bars": bars, "batch": [batch], "both": [bars[0], batch, *bars[1:]]}[kind]
+    rows, bad = decode_bar_records(recs)
+    assert not bad and len(rows) == {"bars": 3, "batch": 2, "both": 5}[kind]
+    for field in ("ts", "open", "high", "low", "close", "volume"):
+        assert getattr(rows, field).flags["C_CONTIGUOUS"], field
+
+
 def test_a_batch_with_bad_rows_is_rejected_once_naming_its_first_bad_row():
     """Among good records of both kinds, a BarBatch whose rows 1 and 2 break numeric
     rules is rejected whole, once, with row 1's reason; the rows around it are kept."""
