@@ -96,7 +96,7 @@ while lo < hi do
   local mid = math.floor((lo + hi) / 2)
   if now - tonumber(redis.call('LINDEX', fires, mid)) < window then lo = mid + 1 else hi = mid end
 end
-local recent, ch = lo, nil
+local recent, ch, now_s = lo, nil, tostring(now)
 local fired, last_alert, stamps, verdicts, changed_at = 0, '', {}, {}, 0
 local writes, seen = {}, {}
 for i = 1, n do
@@ -106,7 +106,7 @@ for i = 1, n do
   if prior then
     verdicts[#verdicts + 1] = (prior == '1') and 'R' or 'r'
   else
-    local fire = 0
+    local fire = '0'  -- (strings throughout: a number costs a conversion each time)
     if status == 'active' then
       if expires > 0 and now >= expires then
         status, reason, changed_at = 'expired', 'expired', i
@@ -121,10 +121,10 @@ for i = 1, n do
             status, changed_at = 'paused', i
             reason = 'throttled: more than ' .. tmax .. ' firings in ' .. (window / 1000) .. ' s'
           else
-            fire, recent, fired, last_alert = 1, recent + 1, fired + 1, alert
-            stamps[#stamps + 1] = now
+            fire, recent, fired, last_alert = '1', recent + 1, fired + 1, alert
+            stamps[#stamps + 1] = now_s
             if cooldown > 0 then
-              redis.call('HSET', last, symbol, now)
+              redis.call('HSET', last, symbol, now_s)
             end
             if meta ~= '' then
               if not ch then
@@ -139,10 +139,10 @@ for i = 1, n do
         end
       end
     end
-    seen[alert] = tostring(fire)
+    seen[alert] = fire
     writes[#writes + 1] = alert
     writes[#writes + 1] = fire
-    verdicts[#verdicts + 1] = tostring(fire)
+    verdicts[#verdicts + 1] = fire
   end
 end
 if #writes > 0 then
