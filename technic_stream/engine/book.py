@@ -181,14 +181,12 @@ class Book:
         cols = [
             np.ascontiguousarray(a, dtype=np.float64) for a in (open_, high, low, close, volume)
         ]
-        src = np.empty((n, len(self.columns)))
-        for f in range(_NF):
-            src[:, f] = cols[f]
-        at = _NF
+        out = np.empty((n, len(self.columns) - _NF))  # the outputs; bar fields read as given
+        at = 0
         first = None
         for seg in self.segments:  # (each segment's kernel writes its columns in place)
             res = seg.apply(rows, ts, cols[0], cols[1], cols[2], cols[3], cols[4],
-                            out=src[:, at : at + seg.plan.n_outputs])  # fmt: skip
+                            out=out[:, at : at + seg.plan.n_outputs])  # fmt: skip
             at += seg.plan.n_outputs
             if first is None:
                 first = res
@@ -198,7 +196,7 @@ class Book:
         seq = np.empty(n, dtype=np.int64)
         record_nb(
             rows, first.status, ts.astype(np.float64), cols[0], cols[1], cols[2], cols[3],
-            cols[4], src, self.hist, self.hcount, self.bseq, self.lagv, in_col, in_lag,
+            cols[4], out, self.hist, self.hcount, self.bseq, self.lagv, in_col, in_lag,
             values, seq,
         )  # fmt: skip
         return Applied(

@@ -24,12 +24,14 @@ NAN = np.nan
 
 @njit(cache=True)
 def record_nb(
-    rows, status, ts, o, h, lo, c, v, src, hist, hcount, bseq, lagv, in_col, in_lag, values, seq
+    rows, status, ts, o, h, lo, c, v, out, hist, hcount, bseq, lagv, in_col, in_lag, values, seq
 ):
-    """Record each bar (arrival order) in the history and lag rings; gather the inputs."""
+    """Record each bar (arrival order) in the history and lag rings; gather the inputs.
+    ``out`` holds each bar's indicator outputs (the lag ring's columns after the bar's
+    five fields)."""
     cap_h = hist.shape[1]
     depth = lagv.shape[1]
-    ncol = lagv.shape[2]
+    nout = out.shape[1]
     n_in = in_col.shape[0]
     for b in range(rows.shape[0]):
         r = rows[b]
@@ -54,8 +56,13 @@ def record_nb(
         hist[r, hs, 4] = c[b]
         hist[r, hs, 5] = v[b]
         ls = j % depth
-        for k in range(ncol):
-            lagv[r, ls, k] = src[b, k]
+        lagv[r, ls, 0] = o[b]
+        lagv[r, ls, 1] = h[b]
+        lagv[r, ls, 2] = lo[b]
+        lagv[r, ls, 3] = c[b]
+        lagv[r, ls, 4] = v[b]
+        for k in range(nout):
+            lagv[r, ls, 5 + k] = out[b, k]
         for i in range(n_in):
             lag = in_lag[i]
             if j - lag < 0:
