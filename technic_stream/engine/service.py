@@ -142,6 +142,7 @@ class _RuleAlerts:
     symbols: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # its place among the batch's candidates
+    data: list[bytes] = field(default_factory=list)  # each alert's JSON (in ``cands`` framed)
 
     def part_of(self, j: int) -> PartitionState:
         for part, start, stop in self.spans:
@@ -489,7 +490,7 @@ class EngineService:
                     _render(m, sym, t, c)
                     for sym, t, c in zip(syms, ts, close.tolist(), strict=True)
                 ]
-            data = self._template(m, names).render(
+            framed, data = self._template(m, names).render_framed(
                 ids, syms, ts, now, close, res.values[np.ix_(rows, bar)].T, texts
             )
             g = alerts.get(m.rule_id)
@@ -499,9 +500,9 @@ class EngineService:
                     m.throttle_window_s, f"alerts.{m.owner}",
                 ), [], [], []))  # fmt: skip
             c = g.cands
-            c.symbols += [sym.encode() for sym in syms]
-            c.alert_ids += ids
-            c.data += data
+            c.framed.append(framed)
+            c.n_framed += len(data)
+            g.data += data
             g.spans.append((part, len(g.symbols), len(g.symbols) + len(syms)))
             g.symbols += syms
             g.ts += ts
@@ -558,7 +559,7 @@ class EngineService:
                     if js:
                         marks = part.fired.setdefault(m.rule_id, {})
                         marks.update((g.symbols[j], g.ts[j]) for j in js)
-            data = g.cands.data
+            data = g.data
             owner = m.owner.encode()
             if chosen is None:
                 order += g.order

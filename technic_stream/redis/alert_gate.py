@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
@@ -228,6 +228,14 @@ class Candidates:
     symbols: list[bytes]
     alert_ids: list[bytes]
     data: list[bytes]  # each alert as JSON, appended when it fires
+    #: more candidates after those, framed already: each its symbol, alert id and data as
+    #: RESP bulk strings, end to end (:meth:`AlertTemplate.render_framed
+    #: <technic_stream.engine.alerts.AlertTemplate.render_framed>`), ``n_framed`` in all
+    framed: list[bytes] = field(default_factory=list)
+    n_framed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.alert_ids) + self.n_framed
 
 
 class Decision(NamedTuple):
@@ -312,11 +320,12 @@ class AlertGate:
         if len(c.symbols) != n or len(c.data) != n:
             raise ValueError(f"{len(c.symbols)} symbols, {n} alert ids, {len(c.data)} data")
         return b"".join([
-            b"*%d\r\n" % (3 + len(keys) + len(args) + 3 * n),
+            b"*%d\r\n" % (3 + len(keys) + len(args) + 3 * (n + c.n_framed)),
             *pack_args(["EVALSHA", self._script.sha, len(keys), *keys]),
             *pack_args(args),
             *[b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(s), s, len(a), a, len(d), d)
               for s, a, d in zip(c.symbols, c.alert_ids, c.data, strict=True)],
+            *c.framed,
         ])  # fmt: skip
 
     def verdicts(

@@ -70,6 +70,27 @@ def test_the_packed_call_is_the_argument_by_argument_command(with_channel, cands
     assert got == want
 
 
+@given(cands=st.lists(st.tuples(_text, _text, _text), max_size=12), cut=st.integers(0, 12))
+def test_framed_candidates_follow_the_listed_ones_in_the_call(cands, cut):
+    """Candidates framed already (the engine's) make the same command as the same ones
+    listed, after any listed ones."""
+    pub = ChannelPublisher(None, "p:")  # type: ignore[arg-type]
+    gate = AlertGate(None, "p:", publisher=pub)  # type: ignore[arg-type]
+    rule = GateRule("r1", 7, "every_time", 30, None, 15, 180, "alerts.ann")
+    listed = Candidates(rule, *([c[k] for c in cands] for k in range(3)))
+    head, tail = cands[:cut], cands[cut:]
+    framed = Candidates(rule, *([c[k] for c in head] for k in range(3)))
+    for j in range(0, len(tail), 3):  # blobs of up to three candidates
+        framed.framed.append(b"".join(b"$%d\r\n%b\r\n" % (len(a), a)
+                                      for c in tail[j : j + 3] for a in c))  # fmt: skip
+    framed.n_framed = len(tail)
+    assert len(framed) == len(listed) == len(cands)
+    got, want = _split(gate.call(framed)), _split(gate.call(listed))
+    epoch = 3 + 6 + 10  # (random per call)
+    got[epoch] = want[epoch] = b""
+    assert got == want
+
+
 def test_candidates_of_unequal_lengths_are_refused():
     gate = AlertGate(None, "p:")  # type: ignore[arg-type]
     c = Candidates(GateRule("r1", 1, "once", 0, None, 1, 1), [b"A"], [b"x", b"y"], [b"{}"])

@@ -61,6 +61,38 @@ def test_rendered_alerts_are_orjson_of_the_alert_dict(names, rows, rule_id):
     assert got == want
 
 
+def _framed(args: list[bytes]) -> bytes:
+    return b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+@given(
+    names=st.lists(st.text(st.sampled_from("abc_%\"1("), min_size=1, max_size=6),
+                   max_size=5, unique=True),
+    rows=st.lists(st.tuples(_symbols, st.integers(-(2**62), 2**62), _floats,
+                            st.lists(_floats, min_size=5, max_size=5),
+                            st.one_of(st.none(), st.text(max_size=10))), max_size=12),
+    with_messages=st.booleans(),
+)  # fmt: skip
+@example(names=[], rows=[("AAPL", 0, 1.5, [0.0] * 5, None)], with_messages=False)
+@example(names=["a"], rows=[('A"é', -7, math.nan, [math.inf] * 5, "x")], with_messages=True)
+def test_framed_alerts_are_the_rendered_ones_as_the_gates_arguments(names, rows, with_messages):
+    """render_framed: the same JSON as render, and each candidate's symbol, id and JSON as
+    RESP bulk strings end to end — symbols to escape or not, ASCII or not, any ts."""
+    m = len(names)
+    tpl = AlertTemplate("r1", "ann", "1m", names)
+    syms = [r[0] for r in rows]
+    ts = [r[1] for r in rows]
+    ids = alert_ids("r1", "1m", syms, ts, None)
+    close = np.array([r[2] for r in rows], dtype=np.float64)
+    values = np.array([r[3][:m] for r in rows], dtype=np.float64).reshape(len(rows), m)
+    msgs = [r[4] for r in rows] if with_messages else None
+    want = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    blob, data = tpl.render_framed(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    assert data == want
+    assert blob == _framed([a for s, i, d in zip(syms, ids, want, strict=True)
+                            for a in (s.encode(), i, d)])  # fmt: skip
+
+
 def test_a_rendered_alert_is_a_valid_alert_message():
     tpl = AlertTemplate("r1", "ann", "1m", ["rsi_14"])
     ids = alert_ids("r1", "1m", ["AAPL"], [1_767_000_000_000], None)
@@ -92,3 +124,7 @@ def test_a_shape_mismatch_is_refused():
     tpl = AlertTemplate("r1", "ann", "1m", ["a", "b"])
     with pytest.raises(ValueError, match="values for 2 names"):
         tpl.render([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 3)), None)
+    with pytest.raises(ValueError, match="values for 2 names"):
+        tpl.render_framed([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 3)), None)
+    with pytest.raises(ValueError, match="alert ids must be 32 bytes"):
+        tpl.render_framed([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 2)), None)
