@@ -81,6 +81,50 @@ def test_inputs_are_gathered_as_of_each_bar_including_lags():
         np.testing.assert_array_equal(res.values[3, mine], np.concatenate([[np.nan], sma[:-1]]))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+def test_a_batch_in_chunks_is_the_batch_bar_by_bar(monkeypatch, chunk):
+    """However the book cuts a batch into kernel passes — two segments, lags, repeated
+    and stale bars across the cuts — it does what applying the bars one at a time does."""
+    import technic_stream.engine.book as book_module
+
+    syms, cols = interleave({k: v for k, v in list(SERIES.items())[:3]}, seed=5)
+    # corrections (a bar again, at once) and stale bars (one two bars back of its symbol)
+    picks = set(np.random.default_rng(9).integers(0, len(syms), 60).tolist())
+    order, seen = [], {}
+    for i, sym in enumerate(syms):
+        order.append(i)
+        seen.setdefault(sym, []).append(i)
+        if i in picks:
+            order.append(i if i % 2 else seen[sym][max(0, len(seen[sym]) - 3)])
+    syms, cols = [syms[i] for i in order], [c[order] * (1 + (i % 3) * 1e-3)
+                                            for i, c in enumerate(cols)]  # fmt: skip
+    cols[0] = cols[0].astype(np.int64).astype(float)
+
+    def book():
+        b = Book("1m", "sma(5), rsi(14)", depth=4)
+        b.extend(parse_indicators("ema(3), bb(5,2)"))
+        b.set_depth(4)
+        return b
+
+    one, whole = book(), book()
+    inputs = one.inputs_for(["close", "sma_5", "ema_3", "bb_5_2.upper", "rsi_14"],
+                            [0, 3, 1, 2, 0])  # fmt: skip
+    monkeypatch.setattr(book_module, "APPLY_CHUNK", 100_000)
+    each = [feed(one, [s], [c[i : i + 1] for c in cols], inputs) for i, s in enumerate(syms)]
+    monkeypatch.setattr(book_module, "APPLY_CHUNK", chunk)
+    got = feed(whole, syms, cols, inputs)
+    np.testing.assert_array_equal(got.values, np.concatenate([e.values for e in each], axis=1))
+    assert got.seq.tolist() == [int(e.seq[0]) for e in each]
+    assert got.status.tolist() == [int(e.status[0]) for e in each]
+    assert (got.applied, got.corrected, got.skipped) == tuple(
+        sum(getattr(e, f) for e in each) for f in ("applied", "corrected", "skipped")
+    )
+    assert got.corrected and got.skipped  # (the picks made both kinds)
+    rows = np.arange(len(one))
+    np.testing.assert_array_equal(whole.latest(rows), one.latest(rows))
+    np.testing.assert_array_equal(whole.lagv, one.lagv)
+
+
 def test_a_correction_replaces_the_bar_and_counts_its_sequence():
     book = Book("1m", "sma(3)")
     ts, o, h, lo, c, v = walk(6, 1)
