@@ -13,6 +13,7 @@ from aiokafka.partitioner import murmur2
 
 from technic_stream.config import Settings
 from technic_stream.errors import KafkaTransportError
+from technic_stream.kafka.batches import framed_batches
 from technic_stream.lifecycle import AsyncResource
 
 __all__ = ["Headers", "Producer"]
@@ -99,42 +100,41 @@ class Producer(AsyncResource):
     async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> int:
         """Enqueue (key, value) records in one batch per partition — the partition Kafka's
         default partitioner picks for the key, as :meth:`send` would — without a future per
-        record (for many small records, such as a batch's alerts). The batches are closed, so
-        they go out without lingering. Returns batches sent."""
+        record (for many small records, such as a batch's alerts). The batches are framed
+        here (:func:`~technic_stream.kafka.batches.framed_batches`) and closed, so they go
+        out without lingering. Returns batches sent."""
         if self._state is not _State.OPEN or self._producer is None:
             raise RuntimeError("producer is not open")
         if not records:
             return 0
         parts = sorted(await self._producer.partitions_for(topic))
-        groups: dict[int, list[tuple[bytes, bytes]]] = {}
+        keys, values = zip(*records, strict=True)
         hashes = self._key_hash
-        for key, value in records:
+        part_of: dict[bytes, int] = {}
+        for key in set(keys):  # (keys repeat: owners, symbols)
             h = hashes.get(key)
             if h is None:
                 if len(hashes) >= _KEY_HASHES:
                     hashes.clear()
                 h = hashes[key] = murmur2(key) & 0x7FFFFFFF
-            groups.setdefault(parts[h % len(parts)], []).append((key, value))
+            part_of[key] = parts[h % len(parts)]
+        if len(set(part_of.values())) == 1:
+            groups = {next(iter(part_of.values())): (keys, values)}
+        else:
+            by: dict[int, tuple[list[bytes], list[bytes]]] = {}
+            for key, value in records:
+                g = by.get(part_of[key])
+                if g is None:
+                    g = by[part_of[key]] = ([], [])
+                g[0].append(key)
+                g[1].append(value)
+            groups = by  # type: ignore[assignment]
         sent = 0
         try:
-            for p, recs in groups.items():
-                batch = self._producer.create_batch()
-                for key, value in recs:
-                    if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                        batch.close()
-                        self._pending.append(
-                            await self._producer.send_batch(batch, topic, partition=p)
-                        )
-                        sent += 1
-                        batch = self._producer.create_batch()
-                        if batch.append(key=key, value=value, timestamp=None) is None:
-                            raise KafkaTransportError(
-                                "send", f"a record of {len(value)} bytes exceeds the batch size",
-                                topic=topic,
-                            )  # fmt: skip
-                batch.close()  # complete: no linger (flush would wait it out)
-                self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
-                sent += 1
+            for p, (ks, vs) in groups.items():
+                for batch in framed_batches(ks, vs, self._settings.kafka_max_batch_bytes):
+                    self._pending.append(await self._producer.send_batch(batch, topic, partition=p))
+                    sent += 1
         except KafkaError as exc:
             raise KafkaTransportError("send", str(exc), topic=topic) from exc
         return sent

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["PLAIN", "batch_spans", "frame_records", "gather_values"]
+__all__ = ["HEADER", "PLAIN", "batch_spans", "frame_records", "gather_values", "write_records"]
 
 #: status of :func:`frame_records`: the fetch was framed
 PLAIN = 0
@@ -31,6 +31,7 @@ _NOT_PLAIN = 1
 _MALFORMED = 2
 
 _HEADER = 61  # bytes before a v2 batch's first record
+HEADER = _HEADER
 _COMPRESSION = 0x07
 _LOG_APPEND_TIME = 0x08
 _TRANSACTIONAL = 0x10
@@ -198,3 +199,56 @@ def gather_values(buf, at, length, out, start):
         w += n
     starts[len(at)] = w
     return starts
+
+
+@njit(cache=True, inline="always")
+def _zigzag_len(v):
+    """Bytes of v (int64) as a zigzag varint."""
+    u = np.uint64((v << 1) ^ (v >> 63))
+    n = 1
+    while u >= np.uint64(0x80):
+        u >>= np.uint64(7)
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _put_zigzag(out, w, v):
+    u = np.uint64((v << 1) ^ (v >> 63))
+    while u >= np.uint64(0x80):
+        out[w] = np.uint8((u & np.uint64(0x7F)) | np.uint64(0x80))
+        u >>= np.uint64(7)
+        w += 1
+    out[w] = np.uint8(u)
+    return w + 1
+
+
+@njit(cache=True)
+def write_records(keys, key_at, values, value_at):
+    """The records of one v2 batch — record i with key ``keys[key_at[i]:key_at[i + 1]]``
+    and value ``values[value_at[i]:value_at[i + 1]]``, timestamp delta 0, offset delta i,
+    no headers — after ``HEADER`` bytes left for the batch's header (zeros)."""
+    n = value_at.shape[0] - 1
+    total = _HEADER
+    for i in range(n):
+        kn, vn = key_at[i + 1] - key_at[i], value_at[i + 1] - value_at[i]
+        body = 1 + 1 + _zigzag_len(i) + _zigzag_len(kn) + kn + _zigzag_len(vn) + vn + 1
+        total += _zigzag_len(body) + body
+    out = np.zeros(total, dtype=np.uint8)
+    w = _HEADER
+    for i in range(n):
+        ka, kb, va, vb = key_at[i], key_at[i + 1], value_at[i], value_at[i + 1]
+        body = 1 + 1 + _zigzag_len(i) + _zigzag_len(kb - ka) + kb - ka
+        body += _zigzag_len(vb - va) + vb - va + 1
+        w = _put_zigzag(out, w, body)
+        out[w] = 0  # attributes
+        out[w + 1] = 0  # timestamp delta (zigzag 0)
+        w = _put_zigzag(out, w + 2, i)
+        w = _put_zigzag(out, w, kb - ka)
+        out[w : w + kb - ka] = keys[ka:kb]
+        w = _put_zigzag(out, w + kb - ka, vb - va)
+        out[w : w + vb - va] = values[va:vb]
+        w += vb - va
+        out[w] = 0  # no headers
+        w += 1
+    return out
