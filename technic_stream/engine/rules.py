@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from technic_stream.indicators.registry import IndicatorSpec
-from technic_stream.kernels import APPLIED, SKIPPED
+from technic_stream.kernels.book import rule_hits_nb
 from technic_stream.messages import AlertRule
 from technic_stream.rules import Rule, RuleError, RuleLimits, RuleSet, parse_rule
 
@@ -194,10 +194,6 @@ def hits(
     rule id. A rule's symbol list is not applied here (its caller has the symbols)."""
     if int(status.shape[0]) == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    hit = compiled.ruleset.evaluate_latest(values).matches()
+    out, rows = compiled.ruleset.evaluate_latest(values).programs()
     # once_per_bar_close rules see new bars only; the others every print of a bar
-    printed = status != SKIPPED
-    hit &= np.where(compiled.on_close[:, None], (status == APPLIED)[None, :], printed[None, :])
-    order = compiled.by_id  # rule positions in rule-id order
-    bars, ks = np.nonzero(hit[order].T)  # arrival order, then rule id
-    return bars, order[ks]
+    return rule_hits_nb(out, rows, compiled.on_close, status, compiled.by_id)

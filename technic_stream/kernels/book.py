@@ -17,7 +17,7 @@ from numba import njit
 
 from technic_stream.kernels.stream import APPLIED, SKIPPED
 
-__all__ = ["history_bars_nb", "record_nb", "relag_nb"]
+__all__ = ["history_bars_nb", "record_nb", "relag_nb", "rule_hits_nb"]
 
 NAN = np.nan
 
@@ -115,3 +115,35 @@ def relag_nb(old, old_cols, new, new_cols, hist, hcount, n_rows):
                 hs = j % cap_h
                 for f in range(5):
                     new[r, ns, f] = hist[r, hs, f + 1]
+
+
+@njit(cache=True)
+def rule_hits_nb(out, where, on_close, status, order):
+    """(bars, rules) where rule k's condition ``out[where[k]]`` is true on a bar its
+    mode lets it see (``on_close[k]``: applied bars only; else any bar not skipped),
+    bar by bar, then by ``order`` (the rules in rule-id order). One pass to count, one
+    to fill: the numpy form made five arrays of rules x bars."""
+    n, m = status.shape[0], order.shape[0]
+    count = 0
+    for b in range(n):
+        st = status[b]
+        if st == SKIPPED:
+            continue
+        for j in range(m):
+            k = order[j]
+            if out[where[k], b] == 1.0 and (st == APPLIED or not on_close[k]):
+                count += 1
+    bars = np.empty(count, dtype=np.int64)
+    ks = np.empty(count, dtype=np.int64)
+    i = 0
+    for b in range(n):
+        st = status[b]
+        if st == SKIPPED:
+            continue
+        for j in range(m):
+            k = order[j]
+            if out[where[k], b] == 1.0 and (st == APPLIED or not on_close[k]):
+                bars[i] = b
+                ks[i] = k
+                i += 1
+    return bars, ks

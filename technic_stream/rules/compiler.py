@@ -220,6 +220,11 @@ class RuleResults:
         """``match`` of every rule at once: bool, (rules, symbols or bars)."""
         return self._values[self._where] == 1.0
 
+    def programs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every program's values (programs, symbols or bars) and each rule's row in
+        them: ``condition(k)`` is ``values[rows[k]]``."""
+        return self._values, np.asarray(self._where, dtype=np.int64)
+
     def ready(self, rule: int) -> np.ndarray:
         return ~np.isnan(self.condition(rule))
 
