@@ -25,7 +25,7 @@ import orjson
 from technic_stream.kernels.alerts import framed_alerts_nb
 from technic_stream.kernels.digest import DIGEST_HEX, alert_ids_nb
 
-__all__ = ["AlertTemplate", "alert_ids"]
+__all__ = ["AlertTemplate", "alert_ids", "joined_alert_ids"]
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _NO_SEQS = np.empty(0, dtype=np.int64)
@@ -39,19 +39,27 @@ def alert_ids(
     rule_id: str, tf: str, symbols: Sequence[str], ts: Sequence[int], seqs: Sequence[int] | None
 ) -> list[bytes]:
     """:func:`~technic_stream.messages.alert_id` of each (symbol, ts, seq), as ASCII hex;
-    ``seqs`` None: every seq 0. Many are hashed in one numba call (0.5 to 0.8 µs an id against
-    ~1.6 through ``hashlib``); a few, one by one (the numba call's fixed cost is ~8 µs)."""
+    ``seqs`` None: every seq 0."""
+    raw = joined_alert_ids(rule_id, tf, symbols, ts, seqs)
+    return [raw[i : i + DIGEST_HEX] for i in range(0, len(raw), DIGEST_HEX)]
+
+
+def joined_alert_ids(
+    rule_id: str, tf: str, symbols: Sequence[str], ts: Sequence[int], seqs: Sequence[int] | None
+) -> bytes:
+    """:func:`alert_ids` end to end (``DIGEST_HEX`` bytes each). Many are hashed in one
+    numba call (0.5 to 0.8 µs an id against ~1.6 through ``hashlib``); a few, one by one
+    (the numba call's fixed cost is ~8 µs)."""
     n = len(symbols)
     if n < _FEW:
-        return _alert_ids_one_by_one(rule_id, tf, symbols, ts, seqs)
+        return b"".join(_alert_ids_one_by_one(rule_id, tf, symbols, ts, seqs))
     joined = "".join(symbols).encode()
     lengths = _byte_lengths(symbols, joined)
-    raw = alert_ids_nb(
+    return alert_ids_nb(
         f"{rule_id}\x1f".encode(), f"\x1f{tf}\x1f".encode(), joined, lengths,
         np.asarray(ts, dtype=np.int64),
         _NO_SEQS if seqs is None else np.asarray(seqs, dtype=np.int64),
     ).tobytes()  # fmt: skip
-    return [raw[i : i + DIGEST_HEX] for i in range(0, n * DIGEST_HEX, DIGEST_HEX)]
 
 
 def _byte_lengths(symbols: Sequence[str], joined: bytes) -> np.ndarray:
@@ -160,7 +168,7 @@ class AlertTemplate:
 
     def render_framed(
         self,
-        ids: Sequence[bytes],
+        ids: Sequence[bytes] | bytes,
         symbols: Sequence[str],
         ts: Sequence[int],
         fired_at: int,
@@ -173,14 +181,18 @@ class AlertTemplate:
         :attr:`~technic_stream.redis.alert_gate.Candidates.framed`). One numba pass
         (:func:`~technic_stream.kernels.alerts.framed_alerts_nb`) for all of them: 1.3 µs
         an alert by a ``%`` format each and 0.6 more for each candidate's framing were a
-        good part of the engine's time at a high alert rate."""
-        n, m = len(ids), len(self.names)
+        good part of the engine's time at a high alert rate. ``ids`` may come joined
+        (:func:`joined_alert_ids`)."""
+        if isinstance(ids, bytes):
+            joined, n = ids, len(ids) // DIGEST_HEX
+        else:
+            joined, n = b"".join(ids), len(ids)
+        m = len(self.names)
         if values.shape != (n, m) or len(close) != n or len(symbols) != n or len(ts) != n:
             raise ValueError(f"{n} ids, {len(symbols)} symbols, {len(ts)} ts, {len(close)} "
                              f"closes and {values.shape} values for {m} names")  # fmt: skip
         if n == 0:
             return b"", []
-        joined = b"".join(ids)
         if len(joined) != n * DIGEST_HEX:
             raise ValueError(f"alert ids must be {DIGEST_HEX} bytes each")
         text = "".join(symbols).encode()

@@ -49,7 +49,7 @@ from technic_stream.app.retry import REDIS_ERRORS, Retrier
 from technic_stream.app.runtime import keep_freed_memory, settle_gc
 from technic_stream.app.service import consumer_ready, run_consumer
 from technic_stream.config import Settings
-from technic_stream.engine.alerts import AlertTemplate, alert_ids
+from technic_stream.engine.alerts import AlertTemplate, joined_alert_ids
 from technic_stream.engine.book import Applied, Book
 from technic_stream.engine.partition import PartitionState
 from technic_stream.engine.rules import ACTIVE, LiveRule, LiveRules, TimeframeRules, hits
@@ -482,7 +482,7 @@ class EngineService:
                     syms, ts = [syms[i] for i in keep], [ts[i] for i in keep]
             names, rows = compiled.reported(rule)
             seqs = res.seq[bar].tolist() if m.mode == "every_time" else None
-            ids = alert_ids(m.rule_id, m.tf, syms, ts, seqs)
+            ids = joined_alert_ids(m.rule_id, m.tf, syms, ts, seqs)
             close = bars.close[bar]
             texts = None
             if m.message:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from technic_stream.engine.alerts import AlertTemplate, alert_ids
+from technic_stream.engine.alerts import AlertTemplate, alert_ids, joined_alert_ids
 from technic_stream.messages import Alert, alert_id
 
 _symbols = st.text(st.sampled_from('ABCXYZ.-^%"\\é'), min_size=1, max_size=8)
@@ -89,6 +89,11 @@ def test_framed_alerts_are_the_rendered_ones_as_the_gates_arguments(names, rows,
     want = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
     blob, data = tpl.render_framed(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
     assert data == want
+    joined = joined_alert_ids("r1", "1m", syms, ts, None)
+    assert joined == b"".join(ids)
+    assert tpl.render_framed(joined, syms, ts, 1_767_000_000_123, close, values, msgs) == (
+        blob, data
+    )  # fmt: skip
     assert blob == _framed([a for s, i, d in zip(syms, ids, want, strict=True)
                             for a in (s.encode(), i, d)])  # fmt: skip
 
