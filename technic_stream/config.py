@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         description="freed memory the engine's allocator keeps for the next batch's arrays "
         "(MB; 0: glibc's defaults, which hand large blocks back to the kernel at once)",
     )  # fmt: skip
+    engine_compute_threads: int = Field(
+        default=2, ge=1, le=64,
+        description="threads that apply a batch's partitions to their books and evaluate "
+        "their rules (numba, which releases the GIL); 1: all in the event loop's thread",
+    )  # fmt: skip
     engine_history_bars: int = Field(
         default=250, ge=1, le=100_000, description="recent bars kept per symbol for warm-ups"
     )

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,32 @@ class _RuleAlerts:
         raise IndexError(j)
 
 
+@dataclass(slots=True)
+class _Job:
+    """One partition's bars of one timeframe in a batch: applied to its book and its
+    rules evaluated by :meth:`compute` — numba all the way, which releases the GIL, so
+    the partitions of a batch are computed on two threads at once."""
+
+    tp: TopicPartition
+    part: PartitionState
+    tf: str
+    bars: BarRows
+    book: Book
+    compiled: TimeframeRules | None
+    rows: np.ndarray
+    inputs: tuple[np.ndarray, np.ndarray] | None
+    res: Applied | None = None
+    hits: tuple[np.ndarray, np.ndarray] = (np.empty(0, dtype=np.int64),) * 2
+
+    def compute(self) -> _Job:
+        b = self.bars
+        self.res = self.book.apply(self.rows, b.ts, b.open, b.high, b.low, b.close, b.volume,
+                                   self.inputs)  # fmt: skip
+        if self.compiled is not None:
+            self.hits = hits(self.compiled, self.res.values, self.res.status)
+        return self
+
+
 _PER_BAR = frozenset(("once_per_bar", "once_per_bar_close"))
 
 
@@ -228,6 +255,15 @@ class EngineService:
         # Redis away: a batch's writes wait for it (idempotent: the hashes are set again,
         # the gate answers a replayed alert id with its recorded decision)
         self.redis_writes = Retrier("Redis", REDIS_ERRORS, stop=self.stop)
+        self._pool = (
+            ThreadPoolExecutor(s.engine_compute_threads, thread_name_prefix="engine-compute")
+            if s.engine_compute_threads > 1 else None
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Let the compute threads go (once the consumer has stopped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def redis_ready(self) -> None:
         """Readiness: Redis answers and the writes go through."""
@@ -274,17 +310,26 @@ class EngineService:
             ends = np.cumsum([len(records) for _tp, records in parts])
             cuts = np.searchsorted(decoded.record, ends).tolist()
             stages["decode"] += _lap(t)
-            for i, (tp, records) in enumerate(parts):
+            t = time.perf_counter()
+            jobs: list[_Job] = []
+            for i, (tp, _records) in enumerate(parts):
                 part = self.parts.get(tp)
                 if part is None:  # assigned without on_assigned (should not happen)
                     part = self.parts[tp] = self._new_part()
                 rows = decoded.between(cuts[i - 1] if i else 0, cuts[i])
-                t = time.perf_counter()
                 tfs = sorted(set(rows.tf.tolist()))
                 for tf in tfs:
                     sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
-                    self._apply(tp, part, tf, sub, touched, now, alerts)
-                stages["compute"] += _lap(t)
+                    jobs.append(self._job(tp, part, tf, sub))
+            if len(jobs) > 1 and self._pool is not None:  # (the kernels release the GIL)
+                done = list(self._pool.map(_Job.compute, jobs))
+            else:
+                done = [job.compute() for job in jobs]
+            for job in done:
+                self._applied(job, touched, now, alerts)
+            stages["compute"] += _lap(t)
+            for tp, records in parts:
+                part = self.parts[tp]
                 part.next_offset = records[-1].offset + 1
                 part.bars_since_save += len(records)
                 if self.consumer is not None:
@@ -402,43 +447,44 @@ class EngineService:
             await inflight
             self._gate_out = self._alerts_out = None
 
-    def _apply(
+    def _job(self, tp: TopicPartition, part: PartitionState, tf: str, bars: BarRows) -> _Job:
+        """What applying ``bars`` to the partition's book takes (its rows registered and
+        the book shaped to the rules, here in order)."""
+        book = part.book(tf, self.rules)
+        compiled = self.rules.for_tf(tf)
+        if bars.names is not None and bars.code is not None:
+            rows = book.rows_coded(bars.names, bars.code)
+        else:
+            rows = book.rows(bars.symbol, len(bars))
+        inputs = None
+        if compiled is not None:
+            inputs = book.inputs_for(compiled.columns, compiled.lags)
+        return _Job(tp, part, tf, bars, book, compiled, rows, inputs)
+
+    def _applied(
         self,
-        tp: TopicPartition,
-        part: PartitionState,
-        tf: str,
-        bars: BarRows,
+        job: _Job,
         touched: dict[tuple[int, str], _Touched],
         now: int,
         alerts: dict[str, _RuleAlerts],
     ) -> None:
-        book = part.book(tf, self.rules)
-        compiled = self.rules.for_tf(tf)
-        n = len(bars)
-        if bars.names is not None and bars.code is not None:
-            rows = book.rows_coded(bars.names, bars.code)
-        else:
-            rows = book.rows(bars.symbol, n)
-        inputs = None
-        if compiled is not None:
-            col, lag = book.inputs_for(compiled.columns, compiled.lags)
-            inputs = (col, lag)
-        res = book.apply(rows, bars.ts, bars.open, bars.high, bars.low, bars.close,
-                         bars.volume, inputs)  # fmt: skip
+        """Account for an applied job and gather its rules' candidates (in order)."""
+        res, tf, n = job.res, job.tf, len(job.bars)
+        assert res is not None
         self.bars_applied += n
         BARS.labels(tf, "applied").inc(res.applied)
         if res.corrected:
             BARS.labels(tf, "corrected").inc(res.corrected)
         if res.skipped:
             BARS.labels(tf, "stale").inc(res.skipped)
-        t = touched.setdefault((tp.partition, tf), _Touched(book))
-        t.rows.update(np.unique(rows[res.status != 2]).tolist())
-        if compiled is None:
+        t = touched.setdefault((job.tp.partition, tf), _Touched(job.book))
+        t.rows.update(np.unique(job.rows[res.status != 2]).tolist())
+        if job.compiled is None:
             return
-        RULE_EVALS.inc(n * len(compiled.rules))
-        at, ks = hits(compiled, res.values, res.status)
+        RULE_EVALS.inc(n * len(job.compiled.rules))
+        at, ks = job.hits
         if at.shape[0]:
-            self._candidates(part, compiled, bars, res, at, ks, now, alerts)
+            self._candidates(job.part, job.compiled, job.bars, res, at, ks, now, alerts)
 
     def _candidates(
         self,
@@ -926,5 +972,6 @@ async def engine_service(
                     follow_stop.set()
                     with contextlib.suppress(asyncio.CancelledError):
                         await follow
+                    handler.close()
     finally:
         await redis.aclose()

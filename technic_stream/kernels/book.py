@@ -22,7 +22,7 @@ __all__ = ["history_bars_nb", "record_nb", "relag_nb", "rule_hits_nb"]
 NAN = np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def record_nb(
     rows, status, ts, o, h, lo, c, v, out, hist, hcount, bseq, lagv, in_col, in_lag, values, seq
 ):
@@ -117,7 +117,7 @@ def relag_nb(old, old_cols, new, new_cols, hist, hcount, n_rows):
                     new[r, ns, f] = hist[r, hs, f + 1]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rule_hits_nb(out, where, on_close, status, order):
     """(bars, rules) where rule k's condition ``out[where[k]]`` is true on a bar its
     mode lets it see (``on_close[k]``: applied bars only; else any bar not skipped),

@@ -609,7 +609,7 @@ def _relvol_nb(st, r, s, q, p0, p1, p2, k, v, out, b, oc):
         st[r, s + 1] = avg
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def apply_bars_nb(
     codes,
     iparams,

@@ -115,7 +115,7 @@ def _binary_vec_nb(op, a, b, n):
 BLOCK = 256
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_programs_nb(ops, kinds, consts, rows, offs, starts, data, n, stack, out):
     """Run programs ``starts[p] .. starts[p + 1] - 1`` for p = 0..P-1 into ``out[p, :n]``.
 
