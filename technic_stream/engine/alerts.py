@@ -4,12 +4,12 @@ An alert is built once per candidate (a rule holding on a bar), before the gate 
 whether it fires, since the gate appends it to the owner's channel in the same atomic
 step as the decision. Building each as a dict for ``orjson.dumps`` — and its id with a
 formatted string per field — was a good part of the engine's time at a high alert rate;
-here one rule's candidates are rendered from a template of the rule's constant fields,
-with every float of the candidates formatted by one orjson call. The bytes are the ones
-``orjson.dumps`` gives for the :class:`~technic_stream.messages.Alert` dict, field for
-field (a test holds them equal): NaN and infinities are ``null``, as there. The engine
-takes them with each candidate's gate arguments framed around them
-(:meth:`AlertTemplate.render_framed`, assembled in numba).
+here one rule's candidates are rendered around the constant pieces of the rule's JSON,
+every float of the candidates formatted by one orjson call, and the bytes assembled —
+with each candidate's gate arguments framed around its alert — in one numba pass
+(:meth:`AlertTemplate.render`). The bytes are the ones ``orjson.dumps`` gives for the
+:class:`~technic_stream.messages.Alert` dict, field for field (a test holds them equal):
+NaN and infinities are ``null``, as there.
 """
 
 from __future__ import annotations
@@ -85,36 +85,15 @@ def _alert_ids_one_by_one(
     ]  # fmt: skip
 
 
-def _lit(value: object) -> bytes:
-    """A constant's JSON, safe inside a ``%`` template."""
-    return orjson.dumps(value).replace(b"%", b"%%")
-
-
-def _floats(x: np.ndarray) -> list[bytes]:
-    """Each float's JSON text (orjson's: the shortest that reads back, ``null`` for NaN
-    and infinities), in order."""
-    if x.size == 0:
-        return []
-    return orjson.dumps(np.ascontiguousarray(x, dtype=np.float64).ravel(), option=_NUMPY)[
-        1:-1
-    ].split(b",")
-
-
 class AlertTemplate:
     """The alerts of one rule: ``type, v, alert_id, rule_id, owner, symbol, tf, ts,
     fired_at, close, values{names...}, message``, in that order."""
 
     def __init__(self, rule_id: str, owner: str, tf: str, names: Sequence[str]) -> None:
         self.names = tuple(names)
-        values = b",".join(_lit(n) + b":%b" for n in self.names)
-        self._fmt = (
-            b'{"type":"alert","v":1,"alert_id":"%b","rule_id":' + _lit(rule_id)
-            + b',"owner":' + _lit(owner) + b',"symbol":%b,"tf":' + _lit(tf)
-            + b',"ts":%d,"fired_at":%d,"close":%b,"values":{' + values + b'},"message":%b}'
-        )  # fmt: skip
         self._symbols: dict[str, bytes] = {}
-        # the same JSON as constant pieces around its fields, for render_framed: id,
-        # symbol, ts, (fired_at in piece 3) close, the values, message
+        # the JSON as constant pieces around its fields: id, symbol, ts, (fired_at in
+        # piece 3) close, the values, message
         d = orjson.dumps
         names_at = [b',"values":{' + d(self.names[0]) + b":"] if self.names else []
         names_at += [b"," + d(n) + b":" for n in self.names[1:]]
@@ -140,34 +119,6 @@ class AlertTemplate:
 
     def render(
         self,
-        ids: Sequence[bytes],
-        symbols: Sequence[str],
-        ts: Sequence[int],
-        fired_at: int,
-        close: np.ndarray,
-        values: np.ndarray,
-        messages: Sequence[str | None] | None = None,
-    ) -> list[bytes]:
-        """One alert per candidate: ``values`` is candidates by names; ``messages`` the
-        rendered text per candidate (None: none)."""
-        n, m = len(ids), len(self.names)
-        if values.shape != (n, m) or len(close) != n or len(symbols) != n or len(ts) != n:
-            raise ValueError(f"{n} ids, {len(symbols)} symbols, {len(ts)} ts, {len(close)} "
-                             f"closes and {values.shape} values for {m} names")  # fmt: skip
-        syms = self._quoted(symbols)
-        texts = _floats(values)
-        rows = [texts[i * m : i * m + m] for i in range(n)] if m else [[]] * n
-        msgs = [b"null"] * n if messages is None else [
-            b"null" if t is None else orjson.dumps(t) for t in messages
-        ]  # fmt: skip
-        fmt = self._fmt
-        return [
-            fmt % (a, s, t, fired_at, c, *row, msg)
-            for a, s, t, c, row, msg in zip(ids, syms, ts, _floats(close), rows, msgs, strict=True)
-        ]
-
-    def render_framed(
-        self,
         ids: Sequence[bytes] | bytes,
         symbols: Sequence[str],
         ts: Sequence[int],
@@ -176,8 +127,10 @@ class AlertTemplate:
         values: np.ndarray,
         messages: Sequence[str | None] | None = None,
     ) -> tuple[bytes, list[bytes]]:
-        """What :meth:`render` gives, and the candidates as the gate's arguments: for
-        each, its symbol, id and alert as RESP bulk strings, end to end (see
+        """One alert per candidate (``values`` is candidates by names; ``messages`` the
+        rendered text per candidate, None: none), as JSON, and the candidates as the
+        gate's arguments: for each, its symbol, id and alert as RESP bulk strings, end to
+        end (see
         :attr:`~technic_stream.redis.alert_gate.Candidates.framed`). One numba pass
         (:func:`~technic_stream.kernels.alerts.framed_alerts_nb`) for all of them: 1.3 µs
         an alert by a ``%`` format each and 0.6 more for each candidate's framing were a
@@ -188,9 +141,7 @@ class AlertTemplate:
         else:
             joined, n = b"".join(ids), len(ids)
         m = len(self.names)
-        if values.shape != (n, m) or len(close) != n or len(symbols) != n or len(ts) != n:
-            raise ValueError(f"{n} ids, {len(symbols)} symbols, {len(ts)} ts, {len(close)} "
-                             f"closes and {values.shape} values for {m} names")  # fmt: skip
+        _check_shapes(n, m, symbols, ts, close, values)
         if n == 0:
             return b"", []
         if len(joined) != n * DIGEST_HEX:
@@ -229,3 +180,12 @@ def _joined(parts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     at = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=at[1:])
     return np.frombuffer(b"".join(parts), dtype=np.uint8), at
+
+
+def _check_shapes(
+    n: int, m: int, symbols: Sequence[str], ts: Sequence[int], close: np.ndarray,
+    values: np.ndarray,
+) -> None:  # fmt: skip
+    if values.shape != (n, m) or len(close) != n or len(symbols) != n or len(ts) != n:
+        raise ValueError(f"{n} ids, {len(symbols)} symbols, {len(ts)} ts, {len(close)} "
+                         f"closes and {values.shape} values for {m} names")  # fmt: skip

@@ -536,7 +536,7 @@ class EngineService:
                     _render(m, sym, t, c)
                     for sym, t, c in zip(syms, ts, close.tolist(), strict=True)
                 ]
-            framed, data = self._template(m, names).render_framed(
+            framed, data = self._template(m, names).render(
                 ids, syms, ts, now, close, res.values[np.ix_(rows, bar)].T, texts
             )
             g = alerts.get(m.rule_id)

@@ -121,20 +121,11 @@ def relag_nb(old, old_cols, new, new_cols, hist, hcount, n_rows):
 def rule_hits_nb(out, where, on_close, status, order):
     """(bars, rules) where rule k's condition ``out[where[k]]`` is true on a bar its
     mode lets it see (``on_close[k]``: applied bars only; else any bar not skipped),
-    bar by bar, then by ``order`` (the rules in rule-id order). One pass to count, one
-    to fill: the numpy form made five arrays of rules x bars."""
+    bar by bar, then by ``order`` (the rules in rule-id order) — one pass, into room for
+    every pair (the numpy form made five arrays of rules x bars)."""
     n, m = status.shape[0], order.shape[0]
-    count = 0
-    for b in range(n):
-        st = status[b]
-        if st == SKIPPED:
-            continue
-        for j in range(m):
-            k = order[j]
-            if out[where[k], b] == 1.0 and (st == APPLIED or not on_close[k]):
-                count += 1
-    bars = np.empty(count, dtype=np.int64)
-    ks = np.empty(count, dtype=np.int64)
+    bars = np.empty(n * m, dtype=np.int64)
+    ks = np.empty(n * m, dtype=np.int64)
     i = 0
     for b in range(n):
         st = status[b]
@@ -146,4 +137,4 @@ def rule_hits_nb(out, where, on_close, status, order):
                 bars[i] = b
                 ks[i] = k
                 i += 1
-    return bars, ks
+    return bars[:i].copy(), ks[:i].copy()

@@ -229,8 +229,8 @@ class Candidates:
     alert_ids: list[bytes]
     data: list[bytes]  # each alert as JSON, appended when it fires
     #: more candidates after those, framed already: each its symbol, alert id and data as
-    #: RESP bulk strings, end to end (:meth:`AlertTemplate.render_framed
-    #: <technic_stream.engine.alerts.AlertTemplate.render_framed>`), ``n_framed`` in all
+    #: RESP bulk strings, end to end (:meth:`AlertTemplate.render
+    #: <technic_stream.engine.alerts.AlertTemplate.render>`), ``n_framed`` in all
     framed: list[bytes] = field(default_factory=list)
     n_framed: int = 0
 

@@ -52,7 +52,7 @@ def test_rendered_alerts_are_orjson_of_the_alert_dict(names, rows, rule_id):
     close = np.array([r[2] for r in rows], dtype=np.float64)
     values = np.array([r[3][:m] for r in rows], dtype=np.float64).reshape(len(rows), m)
     msgs = [r[4] for r in rows]
-    got = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    _, got = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
     want = [
         orjson.dumps(_dict(a.decode(), rule_id, "ann", s, "1m", t, 1_767_000_000_123,
                            float(c), names, v.tolist(), msg))
@@ -75,9 +75,9 @@ def _framed(args: list[bytes]) -> bytes:
 )  # fmt: skip
 @example(names=[], rows=[("AAPL", 0, 1.5, [0.0] * 5, None)], with_messages=False)
 @example(names=["a"], rows=[('A"é', -7, math.nan, [math.inf] * 5, "x")], with_messages=True)
-def test_framed_alerts_are_the_rendered_ones_as_the_gates_arguments(names, rows, with_messages):
-    """render_framed: the same JSON as render, and each candidate's symbol, id and JSON as
-    RESP bulk strings end to end — symbols to escape or not, ASCII or not, any ts."""
+def test_rendered_alerts_come_framed_as_the_gates_arguments(names, rows, with_messages):
+    """Each candidate's symbol, id and JSON as RESP bulk strings end to end, ids given
+    as a list or joined — symbols to escape or not, ASCII or not, any ts, any float."""
     m = len(names)
     tpl = AlertTemplate("r1", "ann", "1m", names)
     syms = [r[0] for r in rows]
@@ -86,12 +86,17 @@ def test_framed_alerts_are_the_rendered_ones_as_the_gates_arguments(names, rows,
     close = np.array([r[2] for r in rows], dtype=np.float64)
     values = np.array([r[3][:m] for r in rows], dtype=np.float64).reshape(len(rows), m)
     msgs = [r[4] for r in rows] if with_messages else None
-    want = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
-    blob, data = tpl.render_framed(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    blob, data = tpl.render(ids, syms, ts, 1_767_000_000_123, close, values, msgs)
+    want = [
+        orjson.dumps(_dict(a.decode(), "r1", "ann", s, "1m", t, 1_767_000_000_123, float(c),
+                           names, v.tolist(), msg))
+        for a, s, t, c, v, msg in zip(ids, syms, ts, close, values, msgs or [None] * len(rows),
+                                      strict=True)
+    ]  # fmt: skip
     assert data == want
     joined = joined_alert_ids("r1", "1m", syms, ts, None)
     assert joined == b"".join(ids)
-    assert tpl.render_framed(joined, syms, ts, 1_767_000_000_123, close, values, msgs) == (
+    assert tpl.render(joined, syms, ts, 1_767_000_000_123, close, values, msgs) == (
         blob, data
     )  # fmt: skip
     assert blob == _framed([a for s, i, d in zip(syms, ids, want, strict=True)
@@ -101,8 +106,8 @@ def test_framed_alerts_are_the_rendered_ones_as_the_gates_arguments(names, rows,
 def test_a_rendered_alert_is_a_valid_alert_message():
     tpl = AlertTemplate("r1", "ann", "1m", ["rsi_14"])
     ids = alert_ids("r1", "1m", ["AAPL"], [1_767_000_000_000], None)
-    (data,) = tpl.render(ids, ["AAPL"], [1_767_000_000_000], 1_767_000_000_500,
-                         np.array([187.25]), np.array([[28.5]]), None)  # fmt: skip
+    _, (data,) = tpl.render(ids, ["AAPL"], [1_767_000_000_000], 1_767_000_000_500,
+                            np.array([187.25]), np.array([[28.5]]), None)  # fmt: skip
     alert = Alert.model_validate_json(data)
     assert alert.alert_id == ids[0].decode()
     assert (alert.values, alert.message, alert.close) == ({"rsi_14": 28.5}, None, 187.25)
@@ -129,7 +134,5 @@ def test_a_shape_mismatch_is_refused():
     tpl = AlertTemplate("r1", "ann", "1m", ["a", "b"])
     with pytest.raises(ValueError, match="values for 2 names"):
         tpl.render([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 3)), None)
-    with pytest.raises(ValueError, match="values for 2 names"):
-        tpl.render_framed([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 3)), None)
     with pytest.raises(ValueError, match="alert ids must be 32 bytes"):
-        tpl.render_framed([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 2)), None)
+        tpl.render([b"x"], ["A"], [1], 0, np.array([1.0]), np.zeros((1, 2)), None)
