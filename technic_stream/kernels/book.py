@@ -121,20 +121,29 @@ def relag_nb(old, old_cols, new, new_cols, hist, hcount, n_rows):
 def rule_hits_nb(out, where, on_close, status, order):
     """(bars, rules) where rule k's condition ``out[where[k]]`` is true on a bar its
     mode lets it see (``on_close[k]``: applied bars only; else any bar not skipped),
-    bar by bar, then by ``order`` (the rules in rule-id order) — one pass, into room for
-    every pair (the numpy form made five arrays of rules x bars)."""
-    n, m = status.shape[0], order.shape[0]
-    bars = np.empty(n * m, dtype=np.int64)
-    ks = np.empty(n * m, dtype=np.int64)
+    bar by bar, then by ``order`` (the rules in rule-id order): one pass to count, one to
+    fill (the numpy form made five arrays of rules x bars; room for every pair, 2 x 8
+    bytes a bar and rule, cost more than the second pass)."""
+    none = np.empty(0, dtype=np.int64)
+    count = _hits_nb(out, where, on_close, status, order, none, none, False)
+    bars = np.empty(count, dtype=np.int64)
+    ks = np.empty(count, dtype=np.int64)
+    _hits_nb(out, where, on_close, status, order, bars, ks, True)
+    return bars, ks
+
+
+@njit(cache=True, inline="always")
+def _hits_nb(out, where, on_close, status, order, bars, ks, fill):
     i = 0
-    for b in range(n):
+    for b in range(status.shape[0]):
         st = status[b]
         if st == SKIPPED:
             continue
-        for j in range(m):
+        for j in range(order.shape[0]):
             k = order[j]
             if out[where[k], b] == 1.0 and (st == APPLIED or not on_close[k]):
-                bars[i] = b
-                ks[i] = k
+                if fill:
+                    bars[i] = b
+                    ks[i] = k
                 i += 1
-    return bars[:i].copy(), ks[:i].copy()
+    return i
