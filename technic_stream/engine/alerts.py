@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 
+from technic_stream.buffers import joined
 from technic_stream.kernels.alerts import framed_alerts_nb
 from technic_stream.kernels.digest import DIGEST_HEX, alert_ids_nb
 
@@ -130,21 +131,20 @@ class AlertTemplate:
         """One alert per candidate (``values`` is candidates by names; ``messages`` the
         rendered text per candidate, None: none), as JSON, and the candidates as the
         gate's arguments: for each, its symbol, id and alert as RESP bulk strings, end to
-        end (see
-        :attr:`~technic_stream.redis.alert_gate.Candidates.framed`). One numba pass
+        end (:attr:`~technic_stream.redis.alert_gate.Candidates.framed`). One numba pass
         (:func:`~technic_stream.kernels.alerts.framed_alerts_nb`) for all of them: 1.3 µs
         an alert by a ``%`` format each and 0.6 more for each candidate's framing were a
         good part of the engine's time at a high alert rate. ``ids`` may come joined
         (:func:`joined_alert_ids`)."""
         if isinstance(ids, bytes):
-            joined, n = ids, len(ids) // DIGEST_HEX
+            id_bytes, n = ids, len(ids) // DIGEST_HEX
         else:
-            joined, n = b"".join(ids), len(ids)
+            id_bytes, n = b"".join(ids), len(ids)
         m = len(self.names)
         _check_shapes(n, m, symbols, ts, close, values)
         if n == 0:
             return b"", []
-        if len(joined) != n * DIGEST_HEX:
+        if len(id_bytes) != n * DIGEST_HEX:
             raise ValueError(f"alert ids must be {DIGEST_HEX} bytes each")
         text = "".join(symbols).encode()
         raw = np.frombuffer(text, dtype=np.uint8)
@@ -153,8 +153,8 @@ class AlertTemplate:
         if _ESCAPED.search(text) is None:  # each symbol's JSON is itself in quotes
             quoted, q_at = _NO_BYTES, _NO_STARTS
         else:
-            quoted, q_at = _joined(self._quoted(symbols))
-        msgs, msg_at = _joined(
+            quoted, q_at = joined(self._quoted(symbols))
+        msgs, msg_at = joined(
             [b"null"] * n if messages is None
             else [b"null" if t is None else orjson.dumps(t) for t in messages]
         )  # fmt: skip
@@ -162,24 +162,15 @@ class AlertTemplate:
         nums[:, 0] = close
         nums[:, 1:] = values
         js = np.frombuffer(orjson.dumps(nums.ravel(), option=_NUMPY), dtype=np.uint8)
-        pieces, piece_at = _joined(
-            [*self._head, b',"fired_at":%d,"close":' % fired_at, *self._tail]
-        )
+        pieces, piece_at = joined([*self._head, b',"fired_at":%d,"close":' % fired_at, *self._tail])
         out, at, size = framed_alerts_nb(
-            pieces, piece_at, np.frombuffer(joined, dtype=np.uint8), DIGEST_HEX, raw, raw_at,
+            pieces, piece_at, np.frombuffer(id_bytes, dtype=np.uint8), DIGEST_HEX, raw, raw_at,
             quoted, q_at, np.asarray(ts, dtype=np.int64), js, 1 + m, msgs, msg_at,
         )  # fmt: skip
         if out.shape[0] == 0:
             raise RuntimeError("orjson's dump of the alerts' floats was not a flat list")
         blob = out.tobytes()
         return blob, [blob[a : a + k] for a, k in zip(at.tolist(), size.tolist(), strict=True)]
-
-
-def _joined(parts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """``parts`` end to end as uint8, and their len + 1 starts."""
-    at = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=at[1:])
-    return np.frombuffer(b"".join(parts), dtype=np.uint8), at
 
 
 def _check_shapes(

@@ -49,9 +49,9 @@ DEFAULT_INDICATORS: str = Settings.model_fields["engine_indicators"].default
 NAN = np.nan
 _NF = len(FIELDS)  # open, high, low, close, volume: the first columns of the lag ring
 #: bars per pass of the kernels in :meth:`Book.apply`. A batch of 43,000 bars (the
-#: benchmark's) in one pass cost 423 ns a bar against 345 in chunks: writing each bar's
-#: inputs into a row of the whole batch's (inputs, bars) table, 26 rows apart by the
-#: batch's length, had doubled the cost of recording the bars (60 -> 136 ns a bar)
+#: benchmark's) in one pass cost 365 ns a bar against 334 in chunks (same process, same
+#: bars): writing each bar's inputs into a row of the whole batch's (inputs, bars) table,
+#: rows a batch's length apart, had doubled the cost of recording the bars (60 -> 136 ns)
 APPLY_CHUNK = 2000
 
 

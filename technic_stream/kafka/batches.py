@@ -23,6 +23,7 @@ import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.util import calc_crc32c
 
+from technic_stream.buffers import joined
 from technic_stream.kernels.records import HEADER, write_records
 
 __all__ = ["FramedBatch", "framed_batches"]
@@ -82,12 +83,11 @@ def framed_batches(
     if n == 0:
         return []
     ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-    key_at, value_at = _starts(keys), _starts(values)
+    kbuf, key_at = joined(keys)
+    vbuf, value_at = joined(values)
     # each record's bytes at most; a batch takes records while they fit
     ends = np.cumsum(np.diff(key_at) + np.diff(value_at) + _RECORD_OVERHEAD)
     room = max_bytes - HEADER
-    kbuf = np.frombuffer(b"".join(keys), dtype=np.uint8)
-    vbuf = np.frombuffer(b"".join(values), dtype=np.uint8)
     out: list[FramedBatch] = []
     start, used = 0, 0
     while start < n:
@@ -98,9 +98,3 @@ def framed_batches(
         used = int(ends[stop - 1])
         start = stop
     return out
-
-
-def _starts(parts: Sequence[bytes]) -> np.ndarray:
-    at = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), out=at[1:])
-    return at

@@ -118,17 +118,16 @@ class Producer(AsyncResource):
                     hashes.clear()
                 h = hashes[key] = murmur2(key) & 0x7FFFFFFF
             part_of[key] = parts[h % len(parts)]
-        if len(set(part_of.values())) == 1:
+        groups: dict[int, tuple[Sequence[bytes], Sequence[bytes]]]
+        if len(set(part_of.values())) == 1:  # (the usual: one owner's alerts, say)
             groups = {next(iter(part_of.values())): (keys, values)}
         else:
             by: dict[int, tuple[list[bytes], list[bytes]]] = {}
             for key, value in records:
-                g = by.get(part_of[key])
-                if g is None:
-                    g = by[part_of[key]] = ([], [])
+                g = by.setdefault(part_of[key], ([], []))
                 g[0].append(key)
                 g[1].append(value)
-            groups = by  # type: ignore[assignment]
+            groups = dict(by)
         sent = 0
         try:
             for p, (ks, vs) in groups.items():

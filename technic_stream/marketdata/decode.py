@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from technic_stream.buffers import joined
 from technic_stream.kafka.blocks import RecordChain
 from technic_stream.kafka.dlq import KafkaRecord
 from technic_stream.kernels.wire import (
@@ -321,10 +322,7 @@ def _joined_values(records: Sequence[KafkaRecord]) -> tuple[np.ndarray, np.ndarr
     """The records' values end to end (a null one empty) and their ``len + 1`` starts."""
     if isinstance(records, RecordChain):  # framed from the fetch: no object per record
         return records.values()
-    values = [b"" if r.value is None else r.value for r in records]
-    starts = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=starts[1:])
-    return np.frombuffer(b"".join(values), dtype=np.uint8), starts
+    return joined([b"" if r.value is None else r.value for r in records])
 
 
 def _wire_bars(
