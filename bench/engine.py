@@ -113,9 +113,14 @@ async def until(cond: Any, what: str, within: float = 600.0, every: float | Any 
 
 
 def engine_child(settings: Settings, log: Path) -> ServiceChild:
+    # (the engine's compute threads can be set for a comparison: TECHNIC_* variables are
+    # otherwise not passed on to the children)
+    threads = os.environ.get("TECHNIC_ENGINE_COMPUTE_THREADS")
+    extra = {"TECHNIC_ENGINE_COMPUTE_THREADS": threads} if threads else {}
     return ServiceChild(
-        settings, "engine", log, TECHNIC_LOG_LEVEL=os.environ.get("BENCH_ENGINE_LOG", "WARNING")
-    )
+        settings, "engine", log,
+        TECHNIC_LOG_LEVEL=os.environ.get("BENCH_ENGINE_LOG", "WARNING"), **extra,
+    )  # fmt: skip
 
 
 async def ours_throughput(settings: Settings, total: int, workdir: Path) -> dict[str, float]:
