@@ -246,6 +246,18 @@ class Rule:
     rank_by: Node | None = None
     descending: bool = True
     source: str = field(default="", compare=False, repr=False)
+    # the tree's hash, taken once: compiled programs are cached by rule (see compiler)
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.where, self.rank_by, self.descending)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Rule], tuple[Node, Node | None, bool, str]]:
+        # rebuilt through __init__: string hashes differ from one process to the next
+        return (Rule, (self.where, self.rank_by, self.descending, self.source))
 
     def __str__(self) -> str:
         text = str(self.where)

@@ -15,6 +15,7 @@ symbol (:meth:`RuleSet.evaluate_series`). Both run the same programs.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -199,6 +200,41 @@ def _stack_depth(code: list[tuple[int, int, int, float]]) -> int:
     return peak
 
 
+Code = tuple[tuple[int, int, int, float], ...]  # op, kind, input, const
+
+
+@dataclass(frozen=True, slots=True)
+class _Program:
+    """One rule compiled on its own: its programs (``where``, then ``rank by`` or None)
+    read its own inputs, numbered from 0; :class:`RuleSet` renumbers them into the shared
+    table."""
+
+    inputs: tuple[Input, ...]
+    specs: tuple[IndicatorSpec, ...]
+    parts: tuple[Code | None, Code | None]
+    depth: int
+
+
+@functools.lru_cache(maxsize=16_384)
+def _program(rule: Rule, limits: RuleLimits) -> _Program:
+    """``rule`` compiled once, whatever set it joins: an engine rebuilds a timeframe's set
+    on every rule change, and compiling every rule again made that ~20 µs a rule."""
+    inputs: dict[tuple[str, int], int] = {}
+    input_list: list[Input] = []
+    specs: dict[IndicatorSpec, None] = {}
+    parts: list[Code | None] = []
+    depth = 1
+    for node in (rule.where, rule.rank_by):
+        if node is None:
+            parts.append(None)
+            continue
+        e = _Emitter(rule.source or str(rule), limits, inputs, input_list, specs)
+        e.emit(node, 0)
+        depth = max(depth, _stack_depth(e.code))
+        parts.append(tuple(e.code))
+    return _Program(tuple(input_list), tuple(specs), (parts[0], parts[1]), depth)
+
+
 class RuleResults:
     """What a :class:`RuleSet` evaluation produced: per rule, a value per symbol (or bar)."""
 
@@ -258,14 +294,22 @@ class RuleSet:
         self._rank: list[int] = []
         depth = 1
         for rule in self.rules:
-            for node, slots in ((rule.where, self._where), (rule.rank_by, self._rank)):
-                if node is None:
+            prog = _program(rule, self.limits)
+            # the rule's inputs in the shared table (first use numbers them, as before)
+            index = []
+            for inp in prog.inputs:
+                at = inputs.get((inp.column, inp.lag))
+                if at is None:
+                    at = inputs[(inp.column, inp.lag)] = len(self.inputs)
+                    self.inputs.append(inp)
+                index.append(at)
+            specs.update(dict.fromkeys(prog.specs))
+            depth = max(depth, prog.depth)
+            for part, slots in zip(prog.parts, (self._where, self._rank), strict=True):
+                if part is None:
                     slots.append(-1)
                     continue
-                e = _Emitter(rule.source or str(rule), self.limits, inputs, self.inputs, specs)
-                e.emit(node, 0)
-                depth = max(depth, _stack_depth(e.code))
-                code.extend(e.code)
+                code.extend([(op, kind, index[i] if i >= 0 else i, c) for op, kind, i, c in part])
                 slots.append(len(starts) - 1)
                 starts.append(len(code))
         self.specs: list[IndicatorSpec] = list(specs)

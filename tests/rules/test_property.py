@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from technic_stream.rules import RuleSet, parse_rule
+from technic_stream.rules import RuleError, RuleSet, parse_rule
 from tests.rules.reference import evaluate
 
 INDICATORS = [
@@ -159,6 +160,34 @@ def test_compiled_rules_equal_the_reference(text, data):
             _same(live.condition(0)[k : k + 1], want_cond[t : t + 1], f"{rule} (live)")
             if rule.rank_by is not None:
                 _same(live.score(0)[k : k + 1], want_score[t : t + 1], "score (live)")
+
+
+@given(texts=st.lists(RULES, min_size=2, max_size=5), data=bars())
+def test_rules_compiled_together_read_what_each_reads_alone(texts, data):
+    """A set renumbers every rule's inputs into one shared table (each rule is compiled
+    once and cached): each rule's values in the set are the ones it has on its own."""
+    together = RuleSet(texts)
+    n = len(data["close"])
+    got = together.evaluate_series(together.series_columns(data), n=n)
+    for k, text in enumerate(texts):
+        alone = RuleSet([text])
+        want = alone.evaluate_series(alone.series_columns(data), n=n)
+        _same(got.condition(k), want.condition(0).tolist(), f"{text} (in a set of {len(texts)})")
+        if alone.rules[0].rank_by is not None:
+            _same(got.score(k), want.score(0).tolist(), f"rank of {text}")
+    # a parse is cached: the same text gives the same rule, its errors fresh each time
+    assert parse_rule(texts[0]) is parse_rule(texts[0])
+
+
+def test_a_bad_rule_raises_a_new_error_every_time():
+    errors = []
+    for _ in range(2):
+        with pytest.raises(RuleError) as caught:
+            parse_rule("rsi(14) < < 30")
+        errors.append(caught.value)
+    assert errors[0] is not errors[1]
+    assert errors[0].col == errors[1].col == 11
+    assert errors[0].reason == errors[1].reason
 
 
 @given(text=RULES)
