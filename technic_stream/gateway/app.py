@@ -24,6 +24,7 @@ from technic_stream.kafka import Producer
 from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.interest import ChannelInterest
 from technic_stream.redis.resp import AutoPipeline
+from technic_stream.storage.indexes import ensure_owner_indexes
 
 if TYPE_CHECKING:
     from technic_stream.gateway.ws import _Session
@@ -96,6 +97,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.hub.start()
+        self._tasks.append(asyncio.create_task(self._ensure_indexes(), name="gw-indexes"))
         self._tasks.append(asyncio.create_task(self._keep_interest(), name="gw-interest"))
         self._tasks.append(asyncio.create_task(self._publish_tallies(), name="gw-tallies"))
 
@@ -160,6 +162,22 @@ class Gateway:
             self._tasks.remove(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("background write failed", extra={"error": repr(task.exception())})
+
+    async def _ensure_indexes(self) -> None:
+        """The per-owner indexes (see :mod:`technic_stream.storage.indexes`), retried
+        while MongoDB is away: requests are served meanwhile, only slower."""
+        delay = 0.5
+        while True:
+            try:
+                names = await ensure_owner_indexes(self.db)
+            except Exception as exc:
+                log.warning("could not create the owner indexes; retrying",
+                            extra={"error": repr(exc), "retry_in_s": delay})  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+                continue
+            log.info("owner indexes in place", extra={"indexes": names})
+            return
 
     async def _publish_tallies(self) -> None:
         while True:

@@ -11,6 +11,7 @@ when their RS256 public key is configured.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -83,6 +84,9 @@ class ApiKeys:
         self._coll = db["api_keys"]
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._cache_s = cache_s
+        # a key's lookup under way: the requests that miss the cache meanwhile wait for it
+        # (a client that logs 100 users in at once asked MongoDB 100 times for one key)
+        self._pending: dict[str, asyncio.Future[Principal]] = {}
 
     async def create(
         self, owner: str, *, scopes: tuple[str, ...] = (), name: str | None = None
@@ -112,16 +116,29 @@ class ApiKeys:
             raise AuthError("malformed API key")
         key_id, secret = m.groups()
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)  # (a waiter's cancel leaves the lookup be)
+        lookup = asyncio.ensure_future(self._lookup(key, key_id, secret))
+        self._pending[key] = lookup
+        lookup.add_done_callback(lambda f: self._looked_up(key, f))
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, key: str, lookup: asyncio.Future[Principal]) -> None:
+        self._pending.pop(key, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here too: every waiter may have gone
+
+    async def _lookup(self, key: str, key_id: str, secret: str) -> Principal:
         doc = await self._coll.find_one({"_id": key_id})
         if doc is None or not hmac.compare_digest(doc.get("hash", ""), _hash(secret)):
             raise AuthError("unknown API key")
         if doc.get("revoked"):
             raise AuthError("API key revoked")
         who = Principal(doc["owner"], frozenset(doc.get("scopes") or ()), key_id, None)
-        self._cache[key] = (now + self._cache_s, who)
+        self._cache[key] = (time.monotonic() + self._cache_s, who)
         if len(self._cache) > 10_000:
             self._cache.clear()
         return who
