@@ -31,6 +31,7 @@ from pydantic import (
 from pymongo.errors import DuplicateKeyError
 
 from technic_stream.app.retry import MONGO_ERRORS, REDIS_ERRORS
+from technic_stream.errors import KafkaTransportError
 from technic_stream.gateway import metrics as m
 from technic_stream.gateway.auth import AuthError, Principal
 from technic_stream.messages import (
@@ -156,7 +157,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status == 405:
             problem.headers["Allow"] = exc.headers.get("Allow", "")
         return problem.response()
-    except (*REDIS_ERRORS, *MONGO_ERRORS) as exc:
+    except (*REDIS_ERRORS, *MONGO_ERRORS, KafkaTransportError) as exc:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise
         status = 503
@@ -410,10 +411,9 @@ def _rule_doc(rule: AlertRule) -> dict[str, Any]:
 
 
 async def _publish(gw: Gateway, topic: str, key: str, value: bytes | None) -> None:
-    fut = await gw.producer.send(
+    await gw.producer.send_and_wait(
         topic_name(gw.settings.topic_prefix, topic), value, key=key.encode()
     )
-    await fut
 
 
 async def _rule_status(gw: Gateway, rule_ids: list[str]) -> list[dict[str, Any]]:

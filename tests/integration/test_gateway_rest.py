@@ -109,6 +109,9 @@ async def test_put_creates_then_replaces_and_never_takes_another_owners_rule(set
         async with http.get("/v1/rules/p1", headers=alice) as r:
             kept = await r.json()
         assert (kept["owner"], kept["cooldown_s"]) == ("alice", 60)  # bob changed nothing
+        # each publish was awaited in its request: the producer keeps none of them (it
+        # kept every future, never flushed, for the life of the gateway)
+        assert gw.gw.producer.unflushed == 0
     records = await read_topic(settings, topic_name(settings.topic_prefix, "alerts.rules"),
                                expect=2)  # fmt: skip
     assert [decode(r.value, AlertRule).cooldown_s for r in records] == [0, 60]
