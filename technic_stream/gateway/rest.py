@@ -135,6 +135,10 @@ def _validation_problem(exc: ValidationError) -> Problem:
                    errors=errors)  # fmt: skip
 
 
+#: a server behind the gateway is away: 503, retry shortly
+_AWAY: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *MONGO_ERRORS, KafkaTransportError)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
@@ -157,7 +161,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status == 405:
             problem.headers["Allow"] = exc.headers.get("Allow", "")
         return problem.response()
-    except (*REDIS_ERRORS, *MONGO_ERRORS, KafkaTransportError) as exc:
+    except _AWAY as exc:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             raise
         status = 503
