@@ -180,7 +180,11 @@ async def archiver_service(settings: Settings, stop: asyncio.Event, ops: OpsServ
             except PyMongoError as exc:  # not fatal: writes retry until MongoDB is back
                 log.warning("could not create bar indexes yet", extra={"error": str(exc)})
             group = group_name(settings.topic_prefix, ARCHIVER_GROUP)
-            consumer = BatchConsumer(settings, handler.topics, group, handler)
+            # (history: tens of ms more before a record is archived cost nothing)
+            consumer = BatchConsumer(
+                settings, handler.topics, group, handler,
+                fetch_wait_ms=settings.kafka_idle_fetch_max_wait_ms,
+            )  # fmt: skip
             ops.checks["archiver"] = consumer_ready(consumer)
             ops.checks["archiver-mongo"] = handler.ready
             await run_consumer(consumer, stop)

@@ -313,7 +313,7 @@ def test_in_flight_must_be_at_least_one(settings):
 async def test_a_quiet_consumer_polls_slower_and_fast_again_once_records_come(settings):
     """After ``kafka_idle_after_s`` without a record the fetch wait is the idle one; the
     next record is still consumed, and the wait is the short one again; a consumer made
-    with ``idle_fetch=False`` keeps the short wait."""
+    with ``idle_fetch=False`` keeps the short wait, one with ``fetch_wait_ms`` that wait."""
     s = settings.model_copy(update={"kafka_idle_after_s": 0.3, "kafka_fetch_timeout_ms": 50,
                                     "kafka_idle_fetch_max_wait_ms": 80})  # fmt: skip
     topic = f"{s.topic_prefix}md.bars"
@@ -322,27 +322,31 @@ async def test_a_quiet_consumer_polls_slower_and_fast_again_once_records_come(se
         return c.fetch_wait_ms
 
     async def got() -> int:
-        return min(len(handler.bars), len(fast.bars))
+        return min(len(handler.bars), len(fast.bars), len(bulk.bars))
 
     async with Producer(s) as producer:
         handler = BarCollector(s, producer)
         fast = BarCollector(s, producer)
+        bulk = BarCollector(s, producer)
         async with (
             BatchConsumer(s, [topic], f"g-{s.topic_prefix}", handler) as c,
             BatchConsumer(s, [topic], f"f-{s.topic_prefix}", fast, idle_fetch=False) as f,
+            BatchConsumer(s, [topic], f"b-{s.topic_prefix}", bulk, fetch_wait_ms=250) as b,
         ):
-            runs = [asyncio.create_task(c.run()), asyncio.create_task(f.run())]
+            runs = [asyncio.create_task(x.run()) for x in (c, f, b)]
             assert c.fetch_wait_ms == f.fetch_wait_ms == s.kafka_fetch_max_wait_ms
+            assert b.fetch_wait_ms == 250
             await eventually(waits, lambda ms: ms == 80, "the idle wait")
             assert f.fetch_wait_ms == s.kafka_fetch_max_wait_ms  # as quiet, still fast
             await producer.send(topic, encode(bar("AAPL", 1)), key=b"AAPL")
             await producer.flush()
             await eventually(got, lambda n: n == 1, "the record")
             assert c.fetch_wait_ms == s.kafka_fetch_max_wait_ms
-            c.stop()
-            f.stop()
+            assert b.fetch_wait_ms == 250  # with records as without
+            for x in (c, f, b):
+                x.stop()
             await asyncio.gather(*runs)
-    assert handler.bars == fast.bars == [bar("AAPL", 1)]
+    assert handler.bars == fast.bars == bulk.bars == [bar("AAPL", 1)]
 
 
 class _Raw:
