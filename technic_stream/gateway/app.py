@@ -72,7 +72,8 @@ class Gateway:
         self.tokens = Tokens(settings)
         self.keys = ApiKeys(self.db)
         self.access = ChannelAccess(self.scan_owner)
-        # the rate-limit decisions of one loop turn go to Redis in one write
+        # the Redis work of one loop turn's requests (rate-limit decisions, indicator and
+        # rule-state reads) goes to Redis in one write
         self.pipe = AutoPipeline(redis)
         self.rest_limit = RateLimiter(
             redis,

@@ -43,7 +43,6 @@ from technic_stream.messages import (
     Timeframe,
     encode,
 )
-from technic_stream.redis.resp import execute
 from technic_stream.rules import RuleError, parse_rule
 from technic_stream.storage.scans import request_doc, store_symbols
 from technic_stream.topics import topic_name
@@ -311,8 +310,9 @@ async def indicators(request: web.Request) -> web.Response:
     gw = _gw(request)
     tf = _tf(request.match_info["tf"])
     symbol = request.match_info["symbol"]
-    # (the lean pipeline path: this is the most frequent request of all)
-    (flat,) = await execute(gw.redis, [("HGETALL", f"{gw.settings.redis_prefix}ind:{tf}:{symbol}")])
+    # (the most frequent request of all: its read shares a write with the others of
+    # this loop turn, rate-limit decisions included)
+    flat = await gw.pipe(("HGETALL", f"{gw.settings.redis_prefix}ind:{tf}:{symbol}"))
     if not flat:
         raise Problem(404, "Not Found", f"no values for {symbol[:40]} on {tf}")
     values: dict[str, float | None] = {}
@@ -422,7 +422,7 @@ async def _publish(gw: Gateway, topic: str, key: str, value: bytes | None) -> No
 
 async def _rule_status(gw: Gateway, rule_ids: list[str]) -> list[dict[str, Any]]:
     prefix = gw.settings.redis_prefix
-    rows = await execute(gw.redis, [
+    rows = await gw.pipe.many([
         ("HMGET", f"{prefix}rule:{rid}", "status", "reason", "fired", "last_fired_ms")
         for rid in rule_ids
     ])  # fmt: skip
