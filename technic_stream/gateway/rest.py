@@ -444,6 +444,15 @@ async def _rule_view(gw: Gateway, docs: list[dict[str, Any]]) -> list[dict[str, 
     return [{**_clean(d, "rule_id"), "state": st} for d, st in zip(docs, states, strict=True)]
 
 
+async def _published_view(gw: Gateway, rule: AlertRule, doc: dict[str, Any]) -> dict[str, Any]:
+    """Publish a stored rule to the engines and read its state meanwhile: its view once
+    the broker has acknowledged it (the state read does not wait for the ack)."""
+    _, (view,) = await asyncio.gather(
+        _publish(gw, "alerts.rules", rule.rule_id, encode(rule)), _rule_view(gw, [doc])
+    )
+    return view
+
+
 async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]:
     doc = await gw.db["alert_rules"].find_one({"_id": rule_id})
     if doc is None or not who.may_read(doc["owner"]):
@@ -477,8 +486,7 @@ async def create_rule(request: web.Request) -> web.Response:
         await gw.db["alert_rules"].insert_one(doc)
     except DuplicateKeyError:
         raise Problem(409, "Conflict", f"rule {rule_id} exists; PUT replaces it") from None
-    await _publish(gw, "alerts.rules", rule_id, encode(rule))
-    return _json((await _rule_view(gw, [doc]))[0], status=201)
+    return _json(await _published_view(gw, rule, doc), status=201)
 
 
 async def get_rule(request: web.Request) -> web.Response:
@@ -501,8 +509,8 @@ async def put_rule(request: web.Request) -> web.Response:
         )
     except DuplicateKeyError:
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours") from None
-    await _publish(gw, "alerts.rules", rule_id, encode(rule))
-    return _json((await _rule_view(gw, [doc]))[0], status=200 if done.matched_count else 201)
+    view = await _published_view(gw, rule, doc)
+    return _json(view, status=200 if done.matched_count else 201)
 
 
 async def delete_rule(request: web.Request) -> web.Response:
