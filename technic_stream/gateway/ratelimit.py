@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from technic_stream.gateway import metrics as m
-from technic_stream.redis.resp import AutoPipeline, Script, pack_args
+from technic_stream.redis.resp import AutoPipeline, KeyedCommand, Script
 
 __all__ = ["Decision", "RateLimiter"]
 
@@ -69,13 +69,13 @@ class RateLimiter:
         self._script = Script(_BUCKET)
         # the call packed once but for its key: EVALSHA sha 1 <key> rate burst cost (the
         # numbers formatted per request were a tenth of a cheap request's Redis work)
-        self._head = b"*7\r\n" + b"".join(pack_args(["EVALSHA", self._script.sha, 1]))
-        self._tails = {1: b"".join(pack_args([rate, burst, 1]))}
+        self._calls = {1: self._call_of(1)}
+
+    def _call_of(self, cost: int) -> KeyedCommand:
+        return KeyedCommand(["EVALSHA", self._script.sha, 1], [self.rate, self.burst, cost])
 
     async def take(self, subject: str, cost: int = 1) -> Decision:
-        tail = self._tails.get(cost) or b"".join(pack_args([self.rate, self.burst, cost]))
-        key = (self._prefix + subject).encode()
-        call = b"%b$%d\r\n%b\r\n%b" % (self._head, len(key), key, tail)
+        call = (self._calls.get(cost) or self._call_of(cost))(self._prefix + subject)
         allowed, retry_ms, remaining = (int(x) for x in await self._pipe(call, self._script))
         if not allowed:
             m.RATE_LIMITED.labels(self.name).inc()

@@ -43,6 +43,7 @@ from technic_stream.messages import (
     Timeframe,
     encode,
 )
+from technic_stream.redis.resp import KeyedCommand
 from technic_stream.rules import RuleError, parse_rule
 from technic_stream.storage.scans import request_doc, store_symbols
 from technic_stream.topics import topic_name
@@ -312,7 +313,7 @@ async def indicators(request: web.Request) -> web.Response:
     symbol = request.match_info["symbol"]
     # (the most frequent request of all: its read shares a write with the others of
     # this loop turn, rate-limit decisions included)
-    flat = await gw.pipe(("HGETALL", f"{gw.settings.redis_prefix}ind:{tf}:{symbol}"))
+    flat = await gw.pipe(_HGETALL(f"{gw.settings.redis_prefix}ind:{tf}:{symbol}"))
     if not flat:
         raise Problem(404, "Not Found", f"no values for {symbol[:40]} on {tf}")
     values: dict[str, float | None] = {}
@@ -420,12 +421,13 @@ async def _publish(gw: Gateway, topic: str, key: str, value: bytes | None) -> No
     )
 
 
+_HGETALL = KeyedCommand(["HGETALL"])
+_RULE_STATE = KeyedCommand(["HMGET"], ["status", "reason", "fired", "last_fired_ms"])
+
+
 async def _rule_status(gw: Gateway, rule_ids: list[str]) -> list[dict[str, Any]]:
     prefix = gw.settings.redis_prefix
-    rows = await gw.pipe.many([
-        ("HMGET", f"{prefix}rule:{rid}", "status", "reason", "fired", "last_fired_ms")
-        for rid in rule_ids
-    ])  # fmt: skip
+    rows = await gw.pipe.many([_RULE_STATE(f"{prefix}rule:{rid}") for rid in rule_ids])
     out = []
     for status, reason, fired, last in rows:
         out.append(

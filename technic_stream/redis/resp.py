@@ -35,8 +35,8 @@ except ImportError:  # pragma: no cover - another redis-py layout: read_response
 
 
 __all__ = [
-    "Arg", "AutoPipeline", "Command", "InlineHset", "Script", "execute", "execute_each",
-    "hmget_table", "pack", "pack_args",
+    "Arg", "AutoPipeline", "Command", "InlineHset", "KeyedCommand", "Script", "execute",
+    "execute_each", "hmget_table", "pack", "pack_args",
 ]  # fmt: skip
 
 Arg = bytes | str | int | float
@@ -60,9 +60,29 @@ def pack_args(args: Iterable[Arg]) -> list[bytes]:
     """Each argument as a RESP bulk string (to splice into :func:`pack` commands)."""
     out = []
     for a in args:
-        v = a if type(a) is bytes else _b(a)
+        t = type(a)
+        # (the two usual kinds first: _b's chain of isinstance checks cost ~3 µs an argument)
+        v: bytes = a if t is bytes else a.encode() if t is str else _b(a)  # type: ignore[assignment,union-attr]
         out.append(b"$%d\r\n%b\r\n" % (len(v), v))
     return out
+
+
+class KeyedCommand:
+    """One command whose arguments are fixed but for its key, packed once:
+    ``KeyedCommand(["HMGET"], ["status", "fired"])("rule:r1")`` is the RESP form of
+    ``HMGET rule:r1 status fired``, built with one format instead of packing every
+    argument again (the gateway sends a few of these per request)."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, head: Sequence[Arg], tail: Sequence[Arg] = ()) -> None:
+        n = len(head) + 1 + len(tail)
+        self._head = b"*%d\r\n" % n + b"".join(pack_args(head))
+        self._tail = b"".join(pack_args(tail))
+
+    def __call__(self, key: str | bytes) -> bytes:
+        k = key.encode() if isinstance(key, str) else key
+        return b"%b$%d\r\n%b\r\n%b" % (self._head, len(k), k, self._tail)
 
 
 Command = Sequence[Arg] | bytes

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from technic_stream.redis.resp import InlineHset, pack
+from technic_stream.redis.resp import InlineHset, KeyedCommand, pack
 
 
 def _bits(x: float) -> bytes:
@@ -100,3 +100,14 @@ def test_many_reuses_its_line_buffer_across_calls_of_any_size():
         rows = zip(keys, ts.tolist(), values.tolist(), strict=True)
         assert got == [h.command(k, [t, *v]) for k, t, v in rows]
     assert h._scratch is not None and h._scratch.shape[0] >= 900 * 40
+
+
+_ARGS = st.lists(
+    st.one_of(st.text(max_size=20), st.binary(max_size=20), st.integers(), st.floats()),
+    max_size=5,
+)
+
+
+@given(head=_ARGS.filter(bool), tail=_ARGS, key=st.one_of(st.text(max_size=40), st.binary()))
+def test_a_keyed_command_is_the_command_packed_whole(head, tail, key):
+    assert KeyedCommand(head, tail)(key) == pack([[*head, key, *tail]])
