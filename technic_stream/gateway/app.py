@@ -53,6 +53,9 @@ class Gateway:
         self.redis = redis
         self.mongo = mongo
         self.db = mongo[settings.mongo_db]
+        # the collections of the frequent requests (each db[name] builds a new object)
+        self.rules = self.db["alert_rules"]
+        self.scans = self.db["scans"]
         self.producer = producer
         prefix = settings.redis_prefix
         self.publisher = ChannelPublisher(
@@ -197,7 +200,7 @@ class Gateway:
     async def scan_owner(self, scan_id: str) -> str | None:
         owner = self._scan_owners.get(scan_id)
         if owner is None:
-            doc = await self.db["scans"].find_one({"_id": scan_id}, {"owner": 1})
+            doc = await self.scans.find_one({"_id": scan_id}, {"owner": 1})
             if doc is None:
                 return None
             owner = str(doc["owner"])

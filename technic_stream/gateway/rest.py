@@ -135,6 +135,9 @@ def _validation_problem(exc: ValidationError) -> Problem:
                    errors=errors)  # fmt: skip
 
 
+#: the request-time histogram of each (route, status) seen (routes are the app's own)
+_TIMERS: dict[tuple[str, int], Any] = {}
+
 #: a server behind the gateway is away: 503, retry shortly
 _AWAY: tuple[type[BaseException], ...] = (*REDIS_ERRORS, *MONGO_ERRORS, KafkaTransportError)
 
@@ -176,7 +179,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return Problem(500, "Internal Server Error").response()
     finally:
         if name != "/v1/ws":
-            m.REQUESTS.labels(name, str(status)).observe(time.perf_counter() - started)
+            timer = _TIMERS.get((name, status))
+            if timer is None:  # (labels() validates and locks on every call)
+                timer = _TIMERS[(name, status)] = m.REQUESTS.labels(name, str(status))
+            timer.observe(time.perf_counter() - started)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -456,7 +462,7 @@ async def _published_view(gw: Gateway, rule: AlertRule, doc: dict[str, Any]) -> 
 
 
 async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]:
-    doc = await gw.db["alert_rules"].find_one({"_id": rule_id})
+    doc = await gw.rules.find_one({"_id": rule_id})
     if doc is None or not who.may_read(doc["owner"]):
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
     return doc
@@ -473,7 +479,7 @@ def _rule_from(who: Principal, rule_id: str, body: Any) -> AlertRule:
 async def list_rules(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
-    docs = [d async for d in gw.db["alert_rules"].find({"owner": who.owner}).sort("_id", 1)]
+    docs = [d async for d in gw.rules.find({"owner": who.owner}).sort("_id", 1)]
     return _json({"rules": await _rule_view(gw, docs)})
 
 
@@ -485,7 +491,7 @@ async def create_rule(request: web.Request) -> web.Response:
     rule = _rule_from(who, rule_id, RuleBody(**body.model_dump(exclude={"rule_id"})))
     doc = _rule_doc(rule)
     try:  # the id is the key: one round trip decides (no read-then-write race)
-        await gw.db["alert_rules"].insert_one(doc)
+        await gw.rules.insert_one(doc)
     except DuplicateKeyError:
         raise Problem(409, "Conflict", f"rule {rule_id} exists; PUT replaces it") from None
     return _json(await _published_view(gw, rule, doc), status=201)
@@ -506,9 +512,7 @@ async def put_rule(request: web.Request) -> web.Response:
     rule = _rule_from(who, rule_id, body)
     doc = _rule_doc(rule)
     try:  # replaces the owner's rule or inserts it; another owner's id is a duplicate key
-        done = await gw.db["alert_rules"].replace_one(
-            {"_id": rule_id, "owner": who.owner}, doc, upsert=True
-        )
+        done = await gw.rules.replace_one({"_id": rule_id, "owner": who.owner}, doc, upsert=True)
     except DuplicateKeyError:
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours") from None
     view = await _published_view(gw, rule, doc)
@@ -519,7 +523,7 @@ async def delete_rule(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
     rule_id = request.match_info["rule_id"]
-    rules = gw.db["alert_rules"]
+    rules = gw.rules
     # one round trip: the caller's rule (any owner's for an admin) is deleted, or none is
     query = {"_id": rule_id} if who.admin else {"_id": rule_id, "owner": who.owner}
     doc = await rules.find_one_and_delete(query)
@@ -555,7 +559,7 @@ async def submit_scan(request: web.Request) -> web.Response:
     doc = {"_id": scan_id, "owner": who.owner, "status": "queued", "submitted_at": now,
            "request": stored}  # fmt: skip
     try:
-        await gw.db["scans"].insert_one(doc)
+        await gw.scans.insert_one(doc)
     except DuplicateKeyError:
         raise Problem(409, "Conflict", f"scan {scan_id} exists") from None
     if symbols is not None:
@@ -565,7 +569,7 @@ async def submit_scan(request: web.Request) -> web.Response:
 
 
 async def _own_scan(gw: Gateway, who: Principal, scan_id: str) -> dict[str, Any]:
-    doc = await gw.db["scans"].find_one({"_id": scan_id})
+    doc = await gw.scans.find_one({"_id": scan_id})
     if doc is None or not who.may_read(doc["owner"]):
         raise Problem(404, "Not Found", f"no scan {scan_id[:64]} of yours")
     return doc
@@ -574,7 +578,7 @@ async def _own_scan(gw: Gateway, who: Principal, scan_id: str) -> dict[str, Any]
 async def list_scans(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
-    cursor = gw.db["scans"].find({"owner": who.owner}).sort("submitted_at", -1).limit(100)
+    cursor = gw.scans.find({"owner": who.owner}).sort("submitted_at", -1).limit(100)
     return _json({"scans": [_clean(d, "scan_id") async for d in cursor]})
 
 
