@@ -46,7 +46,9 @@ STEPS: dict[str, tuple[list[str], int]] = {
     "notifier": (["bench/notifier.py"], 300),
     "loadtest": (["loadtest/run.py", "--seconds", "20", "--mix", "read", "--task-rate", "12",
                   "--scans", "100", "--out", "bench/results/loadtest-read"], 300),
-    "loadtest-mixed": (["loadtest/run.py", "--seconds", "20", "--task-rate", "8", "--scans",
+    # (offers ~1,100 requests/s: the target's 1,000 and some; 30 s, so the users' log-in
+    # at the start is a small part of the window)
+    "loadtest-mixed": (["loadtest/run.py", "--seconds", "30", "--task-rate", "10", "--scans",
                         "0", "--out", "bench/results/loadtest-mixed"], 300),
 }  # fmt: skip
 
@@ -238,9 +240,9 @@ def headline(outputs: dict[str, str]) -> list[tuple[str, str, str]]:
     if lm:
         rows.append(
             (
-                "gateway REST, mixed (rules CRUD, scans)",
+                "gateway REST, mixed (rules CRUD, scans; one process)",
                 f"{lm['rest_rps']:,.0f} req/s, worst p99 {lm['worst_p99_ms']:.0f} ms",
-                "—",
+                "≥ 1,000 req/s, p99 < 100 ms",
             )
         )
     return rows
