@@ -80,31 +80,16 @@ class Producer(AsyncResource):
         key: bytes | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
+        for_flush: bool = True,
     ) -> asyncio.Future[object]:
         """Enqueue one record; waits only when the client's buffer is full. The next
-        :meth:`flush` waits for its ack (and forgets it)."""
-        fut = await self._enqueue(topic, value, key=key, headers=headers, partition=partition)
-        self._pending.append(fut)
-        return fut
-
-    @property
-    def unflushed(self) -> int:
-        """Records (or batches) sent whose ack the next :meth:`flush` will wait for."""
-        return len(self._pending)
-
-    async def _enqueue(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Headers | None = None,
-        partition: int | None = None,
-    ) -> asyncio.Future[object]:
+        :meth:`flush` waits for its ack (and forgets it) — unless ``for_flush`` is False:
+        the caller awaits the future itself, and the producer keeps nothing of it (a
+        caller that never flushes, such as the gateway, kept every future it sent)."""
         if self._state is not _State.OPEN or self._producer is None:
             raise RuntimeError("producer is not open")
         try:
-            return await self._producer.send(
+            fut = await self._producer.send(
                 topic,
                 value=value,
                 key=key,
@@ -113,6 +98,14 @@ class Producer(AsyncResource):
             )
         except KafkaError as exc:
             raise KafkaTransportError("send", str(exc), topic=topic) from exc
+        if for_flush:
+            self._pending.append(fut)
+        return fut
+
+    @property
+    def unflushed(self) -> int:
+        """Records (or batches) sent whose ack the next :meth:`flush` will wait for."""
+        return len(self._pending)
 
     async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> int:
         """Enqueue (key, value) records in one batch per partition — the partition Kafka's
@@ -163,9 +156,7 @@ class Producer(AsyncResource):
         key: bytes | None = None,
         headers: Headers | None = None,
     ) -> None:
-        # (not kept for flush: a caller that awaits each record, such as the gateway,
-        # never flushes, and every future it sent stayed in the list)
-        fut = await self._enqueue(topic, value, key=key, headers=headers)
+        fut = await self.send(topic, value, key=key, headers=headers, for_flush=False)
         try:
             await fut
         except KafkaError as exc:
