@@ -25,6 +25,7 @@ from technic_stream.redis.channels import ChannelPublisher
 from technic_stream.redis.interest import ChannelInterest
 from technic_stream.redis.resp import AutoPipeline
 from technic_stream.storage.indexes import ensure_owner_indexes
+from technic_stream.storage.rules import RuleStore
 
 if TYPE_CHECKING:
     from technic_stream.gateway.ws import _Session
@@ -56,6 +57,8 @@ class Gateway:
         # the collections of the frequent requests (each db[name] builds a new object)
         self.rules = self.db["alert_rules"]
         self.scans = self.db["scans"]
+        # rule reads and replaces of concurrent requests go to MongoDB together
+        self.rule_store = RuleStore(self.rules)
         self.producer = producer
         prefix = settings.redis_prefix
         self.publisher = ChannelPublisher(

@@ -462,7 +462,7 @@ async def _published_view(gw: Gateway, rule: AlertRule, doc: dict[str, Any]) -> 
 
 
 async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]:
-    doc = await gw.rules.find_one({"_id": rule_id})
+    doc = await gw.rule_store.get(rule_id)
     if doc is None or not who.may_read(doc["owner"]):
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
     return doc
@@ -479,8 +479,7 @@ def _rule_from(who: Principal, rule_id: str, body: Any) -> AlertRule:
 async def list_rules(request: web.Request) -> web.Response:
     who = await _principal(request)
     gw = _gw(request)
-    docs = [d async for d in gw.rules.find({"owner": who.owner}).sort("_id", 1)]
-    return _json({"rules": await _rule_view(gw, docs)})
+    return _json({"rules": await _rule_view(gw, await gw.rule_store.of_owner(who.owner))})
 
 
 async def create_rule(request: web.Request) -> web.Response:
@@ -512,11 +511,11 @@ async def put_rule(request: web.Request) -> web.Response:
     rule = _rule_from(who, rule_id, body)
     doc = _rule_doc(rule)
     try:  # replaces the owner's rule or inserts it; another owner's id is a duplicate key
-        done = await gw.rules.replace_one({"_id": rule_id, "owner": who.owner}, doc, upsert=True)
+        replaced = await gw.rule_store.replace(doc)
     except DuplicateKeyError:
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours") from None
     view = await _published_view(gw, rule, doc)
-    return _json(view, status=200 if done.matched_count else 201)
+    return _json(view, status=200 if replaced else 201)
 
 
 async def delete_rule(request: web.Request) -> web.Response:
