@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import secrets
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from technic_stream.gateway.app import Gateway
 
 __all__ = ["add_routes", "openapi", "problem_middleware"]
+
+_T = TypeVar("_T")
 
 PROBLEM = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -204,29 +207,52 @@ async def _body(request: web.Request, model: type[_Body]) -> Any:
 
 
 def _gw(request: web.Request) -> Gateway:
-    from technic_stream.gateway.app import GATEWAY
+    return request.app[_gateway_key()]
 
-    return request.app[GATEWAY]
+
+@functools.cache
+def _gateway_key() -> web.AppKey[Gateway]:
+    from technic_stream.gateway.app import GATEWAY  # (app imports this module)
+
+    return GATEWAY
 
 
 async def _principal(request: web.Request) -> Principal:
     """The caller (bearer token or X-API-Key), charged one token of its rate limit."""
+    who = await _identify(request)
+    await _rate_limited(_gw(request), who.key_id)
+    return who
+
+
+async def _identify(request: web.Request) -> Principal:
+    """The caller (bearer token or X-API-Key), not yet charged: 401 if none."""
     gw = _gw(request)
     auth = request.headers.get("Authorization", "")
     key = request.headers.get("X-API-Key")
     try:
         if auth.lower().startswith("bearer "):
-            who = gw.tokens.check(auth[7:].strip())
-        elif key:
-            who = await gw.keys.check(key)
-        else:
-            raise AuthError("send Authorization: Bearer <token> or X-API-Key")
+            return gw.tokens.check(auth[7:].strip())
+        if key:
+            return await gw.keys.check(key)
+        raise AuthError("send Authorization: Bearer <token> or X-API-Key")
     except AuthError as exc:
         p = Problem(401, "Unauthorized", exc.reason)
         p.headers["WWW-Authenticate"] = 'Bearer realm="technic-stream"'
         raise p from None
-    await _rate_limited(gw, who.key_id)
-    return who
+
+
+async def _charged(gw: Gateway, who: Principal, read: Awaitable[_T]) -> _T:
+    """``read`` (it changes nothing) made while the caller's rate-limit decision is
+    taken, so neither waits for the other: a Redis read goes in the decision's write, a
+    MongoDB read's round trip overlaps it. A refused caller gets its 429 and the read
+    is dropped."""
+    pending = asyncio.ensure_future(read)
+    try:
+        await _rate_limited(gw, who.key_id)
+    except BaseException:
+        pending.cancel()
+        raise
+    return await pending
 
 
 async def _rate_limited(gw: Gateway, key_id: str) -> None:
@@ -313,13 +339,14 @@ async def universes(request: web.Request) -> web.Response:
 
 
 async def indicators(request: web.Request) -> web.Response:
-    await _principal(request)
+    who = await _identify(request)
     gw = _gw(request)
     tf = _tf(request.match_info["tf"])
     symbol = request.match_info["symbol"]
-    # (the most frequent request of all: its read shares a write with the others of
-    # this loop turn, rate-limit decisions included)
-    flat = await gw.pipe(_HGETALL(f"{gw.settings.redis_prefix}ind:{tf}:{symbol}"))
+    # (the most frequent request of all: its read goes in one write with its own
+    # rate-limit decision and the others of this loop turn)
+    key = f"{gw.settings.redis_prefix}ind:{tf}:{symbol}"
+    flat = await _charged(gw, who, gw.pipe(_HGETALL(key)))
     if not flat:
         raise Problem(404, "Not Found", f"no values for {symbol[:40]} on {tf}")
     values: dict[str, float | None] = {}
@@ -461,8 +488,11 @@ async def _published_view(gw: Gateway, rule: AlertRule, doc: dict[str, Any]) -> 
     return view
 
 
-async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]:
-    doc = await gw.rule_store.get(rule_id)
+async def _own_rule(
+    gw: Gateway, who: Principal, rule_id: str, *, charge: bool = False
+) -> dict[str, Any]:
+    read = gw.rule_store.get(rule_id)
+    doc = await (_charged(gw, who, read) if charge else read)
     if doc is None or not who.may_read(doc["owner"]):
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
     return doc
@@ -477,9 +507,10 @@ def _rule_from(who: Principal, rule_id: str, body: Any) -> AlertRule:
 
 
 async def list_rules(request: web.Request) -> web.Response:
-    who = await _principal(request)
+    who = await _identify(request)
     gw = _gw(request)
-    return _json({"rules": await _rule_view(gw, await gw.rule_store.of_owner(who.owner))})
+    docs = await _charged(gw, who, gw.rule_store.of_owner(who.owner))
+    return _json({"rules": await _rule_view(gw, docs)})
 
 
 async def create_rule(request: web.Request) -> web.Response:
@@ -497,9 +528,9 @@ async def create_rule(request: web.Request) -> web.Response:
 
 
 async def get_rule(request: web.Request) -> web.Response:
-    who = await _principal(request)
+    who = await _identify(request)
     gw = _gw(request)
-    doc = await _own_rule(gw, who, request.match_info["rule_id"])
+    doc = await _own_rule(gw, who, request.match_info["rule_id"], charge=True)
     return _json((await _rule_view(gw, [doc]))[0])
 
 

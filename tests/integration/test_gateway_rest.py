@@ -324,6 +324,36 @@ async def test_rest_rate_limit_holds_across_two_gateways(settings):
             assert r.status == 200
 
 
+async def test_reads_share_the_rate_limit_round_trip_and_a_refused_one_gets_429(settings):
+    redis = redis_client(settings)
+    await redis.hset(f"{settings.redis_prefix}ind:1m:AAPL", mapping={"close": "187.25"})
+    await redis.aclose()
+    async with (
+        running_gateway(settings, gateway_rest_rate=0.01, gateway_rest_burst=4) as run,
+        aiohttp.ClientSession(run.http) as http,
+    ):
+        alice = {"Authorization": f"Bearer {run.token('alice')}"}
+        pipe = run.gw.pipe
+        writes, commands = pipe.writes, pipe.commands
+        async with http.get("/v1/indicators/1m/AAPL", headers=alice) as r:
+            assert (await r.json())["values"] == {"close": 187.25}
+        # the read and the decision in one write to Redis, not one after the other
+        assert (pipe.writes - writes, pipe.commands - commands) == (1, 2)
+        async with http.put("/v1/rules/r1", json={"expr": "rsi(14) < 30"}, headers=alice) as r:
+            assert r.status == 201
+        async with http.get("/v1/rules/r1", headers=alice) as r:
+            assert (await r.json())["rule_id"] == "r1"
+        async with http.get("/v1/rules", headers=alice) as r:
+            assert [x["rule_id"] for x in (await r.json())["rules"]] == ["r1"]
+        # the burst is spent: a read is refused with 429, its answer dropped
+        for path in ("/v1/indicators/1m/AAPL", "/v1/rules/r1", "/v1/rules"):
+            async with http.get(path, headers=alice) as r:
+                body = await _problem(r, 429)
+                assert body["retry_after_s"] > 1 and "187.25" not in str(body)
+        async with http.get("/v1/rules/r1") as r:  # no credentials: 401 before any read
+            await _problem(r, 401)
+
+
 async def test_schemathesis_finds_no_server_error_or_schema_violation(settings, tmp_path):
     """Contract test from the served OpenAPI document (schemathesis as a separate process)."""
     async with running_gateway(settings, gateway_rest_burst=1_000_000) as gw:
