@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadtest.cpu import CpuWindow
 from technic_stream.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,10 @@ async def _until_values(host: str, key: str) -> None:
 
 
 def run_locust(host: str, key: str, users: int, ws_users: int, seconds: int, out: Path,
-               task_rate: float) -> None:  # fmt: skip
+               task_rate: float, system: dict[str, int]) -> dict[str, float]:  # fmt: skip
+    """Locust headless for ``seconds``; returns the share of one core each process took
+    from the end of the ramp to a second before the end (``system``: the gateway's and
+    ``up``'s pids; ``up``'s servers count each under its own name)."""
     env = {**os.environ, "TECHNIC_LOADTEST_KEY": key, "TECHNIC_LOADTEST_WS_USERS": str(ws_users),
            "TECHNIC_LOADTEST_TASK_RATE": str(task_rate),
            "TECHNIC_LOADTEST_MIX": os.environ.get("TECHNIC_LOADTEST_MIX", "mixed")}  # fmt: skip
@@ -126,7 +130,20 @@ def run_locust(host: str, key: str, users: int, ws_users: int, seconds: int, out
            "--headless", "-u", str(users + ws_users), "-r", str(max(10, (users + ws_users) // 5)),
            "-t", f"{seconds}s", "--host", host, "--csv", str(out), "--only-summary",
            "--stop-timeout", "5"]  # fmt: skip
-    subprocess.run(cmd, env=env, check=False, cwd=ROOT, stdout=subprocess.DEVNULL)
+    began = time.monotonic()
+    locust = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        window = CpuWindow({**system, "locust": locust.pid}, split=("services (up)",))
+        ramp = min(6.0, seconds / 3)  # (users start at a fifth of them a second)
+        time.sleep(ramp)
+        window.start()
+        time.sleep(max(0.5, seconds - ramp - 1))
+        cpu = window.stop()
+        locust.wait(seconds + 120 - (time.monotonic() - began))
+    except BaseException:
+        locust.kill()
+        raise
+    return cpu
 
 
 async def scan_burst(host: str, key: str, n: int) -> dict[str, float]:
@@ -227,8 +244,9 @@ def main() -> int:
     try:
         print(f"system up at {host}; locust: {args.users} REST + {args.ws_users} WebSocket "
               f"users for {args.seconds} s", file=sys.stderr)  # fmt: skip
-        run_locust(host, key, args.users, args.ws_users, args.seconds, args.out / "locust",
-                   args.task_rate)  # fmt: skip
+        system = {"gateway": procs[0].pid, "services (up)": procs[1].pid}
+        cpu = run_locust(host, key, args.users, args.ws_users, args.seconds, args.out / "locust",
+                         args.task_rate, system)  # fmt: skip
         inside = asyncio.run(server_side(ops))
         burst = asyncio.run(scan_burst(host, key, args.scans))
     finally:
@@ -254,6 +272,10 @@ def main() -> int:
     if inside:
         print("\nthe gateway's own p99 (handler start to response, histogram bucket): "
               + ", ".join(f"{r} ≤ {ms:,.0f} ms" for r, ms in sorted(inside.items())))  # fmt: skip
+    if cpu:
+        print(f"\nCPU during the run, % of one core ({os.cpu_count()} here): "
+              + ", ".join(f"{n} {v:.0f}" for n, v in cpu.items())
+              + f" — {sum(cpu.values()):.0f} in all")  # fmt: skip
     print(f"\nREST requests/s (all endpoints): {rest_rps:,.0f} (target ≥ 1,000)")
     print(f"worst p99 of a non-scan endpoint: {worst_p99:,.0f} ms (target < 100 ms)")
     print(f"failures: {failures:,.0f} (target 0)")
@@ -263,7 +285,7 @@ def main() -> int:
     )
     (args.out / "summary.json").write_text(json.dumps(
         {"rows": rows, "aggregated": agg, "rest_rps": rest_rps, "worst_p99_ms": worst_p99,
-         "failures": failures, "burst": burst, "server_p99_ms": inside,
+         "failures": failures, "burst": burst, "server_p99_ms": inside, "cpu_pct": cpu,
          "median_p50": statistics.median(
              [r["p50"] for r in non_scan.values()] or [0])}, indent=1))  # fmt: skip
     ok = rest_rps >= 1000 and worst_p99 < 100 and failures == 0 and burst["done"] == args.scans
