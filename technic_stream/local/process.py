@@ -20,7 +20,7 @@ from pathlib import Path
 
 from technic_stream.errors import LocalServiceError
 
-__all__ = ["ServerProcess", "free_port", "wait_for_port"]
+__all__ = ["ServerProcess", "die_with_parent", "free_port", "wait_for_port"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -41,7 +41,7 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -86,7 +86,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 env={**os.environ, **(self._env or {})},
                 cwd=self._cwd,
             )

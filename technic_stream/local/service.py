@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from technic_stream.config import ENV_PREFIX, Settings
-from technic_stream.local.process import free_port
+from technic_stream.local.process import die_with_parent, free_port
 
 __all__ = ["ServiceChild"]
 
@@ -54,6 +54,7 @@ class ServiceChild:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "technic_stream", self.service,
             env=self.env, stdout=self._log, stderr=self._log,
+            preexec_fn=die_with_parent,  # (no orphan if the caller dies)
         )  # fmt: skip
 
     async def _get(self, path: str) -> tuple[int, str] | None:
@@ -100,6 +101,12 @@ class ServiceChild:
             self._log.close()
             self._log = None
         return code
+
+    async def close(self) -> None:
+        """Kill it if it still runs (a caller's cleanup when a check failed midway)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.wait()
 
     def log_tail(self, chars: int = 3_000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
