@@ -251,6 +251,8 @@ async def _charged(gw: Gateway, who: Principal, read: Awaitable[_T]) -> _T:
         await _rate_limited(gw, who.key_id)
     except BaseException:
         pending.cancel()
+        # (a read that failed first is not awaited: its error is taken, not logged)
+        pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise
     return await pending
 
@@ -488,11 +490,10 @@ async def _published_view(gw: Gateway, rule: AlertRule, doc: dict[str, Any]) -> 
     return view
 
 
-async def _own_rule(
-    gw: Gateway, who: Principal, rule_id: str, *, charge: bool = False
-) -> dict[str, Any]:
-    read = gw.rule_store.get(rule_id)
-    doc = await (_charged(gw, who, read) if charge else read)
+async def _own_rule(gw: Gateway, who: Principal, rule_id: str) -> dict[str, Any]:
+    """The caller's rule (any owner's for an admin), read while its rate-limit decision
+    is taken; 404 if it has none of that id."""
+    doc = await _charged(gw, who, gw.rule_store.get(rule_id))
     if doc is None or not who.may_read(doc["owner"]):
         raise Problem(404, "Not Found", f"no rule {rule_id[:64]} of yours")
     return doc
@@ -530,7 +531,7 @@ async def create_rule(request: web.Request) -> web.Response:
 async def get_rule(request: web.Request) -> web.Response:
     who = await _identify(request)
     gw = _gw(request)
-    doc = await _own_rule(gw, who, request.match_info["rule_id"], charge=True)
+    doc = await _own_rule(gw, who, request.match_info["rule_id"])
     return _json((await _rule_view(gw, [doc]))[0])
 
 
