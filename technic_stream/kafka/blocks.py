@@ -32,7 +32,15 @@ from prometheus_client import Counter
 
 from technic_stream.kernels.records import PLAIN, batch_spans, frame_records, gather_values
 
-__all__ = ["FetchBlocks", "RecordBlock", "RecordChain", "chain_of", "install", "installed"]
+__all__ = [
+    "FetchBlocks",
+    "RecordBlock",
+    "RecordChain",
+    "chain_of",
+    "frame_fetch",
+    "install",
+    "installed",
+]
 
 try:  # the C checksum aiokafka itself uses
     from aiokafka.record.util import calc_crc32c as _crc32c
@@ -210,6 +218,14 @@ def _frame(tp: Any, data: bytes, fetch_offset: int, check_crcs: bool, isolation_
         last = at + block_records >= n
         blocks.append((block, next_offset if last else int(block.offsets[-1]) + 1))
     return blocks, int(next_offset)
+
+
+def frame_fetch(tp: Any, data: bytes, fetch_offset: int = 0) -> RecordChain | None:
+    """A fetch answer's records of ``tp`` (``data``: its record batches) as a block
+    consumer gets them, checksums checked; None where the framer leaves the answer to
+    aiokafka's reader (see the module)."""
+    framed = _frame(tp, data, fetch_offset, True, 0, max(1, len(data)))
+    return None if framed is None else RecordChain([block for block, _ in framed[0]])
 
 
 class _KeptRecords:

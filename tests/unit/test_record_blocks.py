@@ -201,3 +201,18 @@ def test_blocks_are_not_installed_over_a_fetcher_they_were_not_written_for(monke
 
     monkeypatch.setattr(blocks._PartitionRecords, "_unpack_records", nothing)
     assert blocks._works() is False
+
+
+def test_frame_fetch_reads_a_fetch_answer_as_the_block_consumer_gets_it():
+    data = batch(10, [(b"a", b"one", 0), (None, b"two", 5)]) + batch(12, [(b"c", None, 9)])
+    chain = blocks.frame_fetch(TP, data, 11)
+    assert chain is not None
+    assert [(r.offset, r.key, r.value) for r in chain] == [
+        (o, k, v) for o, _t, _ty, k, v in reference(data, 11)
+    ]  # fmt: skip
+    assert all(isinstance(b, RecordBlock) for b in chain.blocks)
+    # what the framer leaves to aiokafka's reader, and a bad checksum: no chain
+    assert blocks.frame_fetch(TP, batch(0, [(b"k", b"v", 0)], headers=True)) is None
+    corrupt = bytearray(data)
+    corrupt[-1] ^= 0xFF
+    assert blocks.frame_fetch(TP, bytes(corrupt), 11) is None
