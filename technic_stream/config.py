@@ -178,6 +178,12 @@ class Settings(BaseSettings):
         description="threads that apply a batch's partitions to their books and evaluate "
         "their rules (numba, which releases the GIL); 1: all in the event loop's thread",
     )  # fmt: skip
+    engine_warmup: bool = Field(
+        default=True,
+        description="compile (or load from numba's cache) the engine's kernels on made-up "
+        "bars before it joins its group, so it takes partitions only once it can process "
+        "them (a fresh machine's first batch otherwise compiles them: tens of seconds)",
+    )
     engine_history_bars: int = Field(
         default=250, ge=1, le=100_000, description="recent bars kept per symbol for warm-ups"
     )

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +107,10 @@ CHECKPOINT_AGE = Gauge(
 )
 RESTORE_SECONDS = Histogram("technic_engine_restore_seconds", "Time to restore one partition")
 WARMUP_BARS = Counter("technic_engine_warmup_bars", "Bars replayed to warm new indicators")
+WARMUP_SECONDS = Gauge(
+    "technic_engine_kernel_warmup_seconds",
+    "How long the start's kernel warm-up took (compiled, or loaded from numba's cache)",
+)
 SYMBOLS = Gauge("technic_engine_symbols", "Symbol-timeframe books held by this process")
 
 _FIELDS = ("open", "high", "low", "close", "volume")
@@ -213,6 +217,8 @@ class EngineService:
     redis: aioredis.Redis
     parts: dict[TopicPartition, PartitionState] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: False: a throwaway handler (the warm-up's) that leaves the process's metrics alone
+    counted: bool = True
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -293,41 +299,10 @@ class EngineService:
                 await self._drain()
             for rule in expired:
                 await self._status_changed(rule)
-            touched: dict[tuple[int, str], _Touched] = {}
-            alerts: dict[str, _RuleAlerts] = {}
-            self._candidates_seen = 0
-            # every partition's records decoded in one call: a call's fixed cost was most
-            # of the decoding of the small batches that low latency brings
-            t = time.perf_counter()
             parts = list(batch.items())
-            chain = chain_of([records for _tp, records in parts])
-            decoded, bad = decode_bar_records(
-                chain if chain is not None else [r for _tp, records in parts for r in records],
-                max_bytes=self.settings.max_message_bytes,
-            )
+            touched, alerts, bad = self.compute(parts, now, stages)
             for record, reason in bad:
                 await self.dlq.route(record, MessageDecodeError(reason))
-            ends = np.cumsum([len(records) for _tp, records in parts])
-            cuts = np.searchsorted(decoded.record, ends).tolist()
-            stages["decode"] += _lap(t)
-            t = time.perf_counter()
-            jobs: list[_Job] = []
-            for i, (tp, _records) in enumerate(parts):
-                part = self.parts.get(tp)
-                if part is None:  # assigned without on_assigned (should not happen)
-                    part = self.parts[tp] = self._new_part()
-                rows = decoded.between(cuts[i - 1] if i else 0, cuts[i])
-                tfs = sorted(set(rows.tf.tolist()))
-                for tf in tfs:
-                    sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
-                    jobs.append(self._job(tp, part, tf, sub))
-            if len(jobs) > 1 and self._pool is not None:  # (the kernels release the GIL)
-                done = list(self._pool.map(_Job.compute, jobs))
-            else:
-                done = [job.compute() for job in jobs]
-            for job in done:
-                self._applied(job, touched, now, alerts)
-            stages["compute"] += _lap(t)
             for tp, records in parts:
                 part = self.parts[tp]
                 part.next_offset = records[-1].offset + 1
@@ -358,6 +333,49 @@ class EngineService:
             self._gate_out, self._alerts_out = gate_out, alerts_out
             SYMBOLS.set(sum(p.symbols for p in self.parts.values()))
             return self._inflight
+
+    def compute(
+        self,
+        parts: list[tuple[TopicPartition, Sequence[Any]]],
+        now: int,
+        stages: dict[str, float],
+    ) -> tuple[dict[tuple[int, str], _Touched], dict[str, _RuleAlerts], list[tuple[Any, str]]]:
+        """Steps 1-3 for a batch's partitions: their records decoded, applied to their
+        books and their rules' candidates gathered — numba and no I/O. The touched books,
+        the candidates by rule and the records that did not decode, with the reason."""
+        touched: dict[tuple[int, str], _Touched] = {}
+        alerts: dict[str, _RuleAlerts] = {}
+        self._candidates_seen = 0
+        # every partition's records decoded in one call: a call's fixed cost was most
+        # of the decoding of the small batches that low latency brings
+        t = time.perf_counter()
+        chain = chain_of([records for _tp, records in parts])
+        decoded, bad = decode_bar_records(
+            chain if chain is not None else [r for _tp, records in parts for r in records],
+            max_bytes=self.settings.max_message_bytes,
+        )
+        ends = np.cumsum([len(records) for _tp, records in parts])
+        cuts = np.searchsorted(decoded.record, ends).tolist()
+        stages["decode"] += _lap(t)
+        t = time.perf_counter()
+        jobs: list[_Job] = []
+        for i, (tp, _records) in enumerate(parts):
+            part = self.parts.get(tp)
+            if part is None:  # assigned without on_assigned (should not happen)
+                part = self.parts[tp] = self._new_part()
+            rows = decoded.between(cuts[i - 1] if i else 0, cuts[i])
+            tfs = sorted(set(rows.tf.tolist()))
+            for tf in tfs:
+                sub = rows if len(tfs) == 1 else rows.take(np.flatnonzero(rows.tf == tf))
+                jobs.append(self._job(tp, part, tf, sub))
+        if len(jobs) > 1 and self._pool is not None:  # (the kernels release the GIL)
+            done = list(self._pool.map(_Job.compute, jobs))
+        else:
+            done = [job.compute() for job in jobs]
+        for job in done:
+            self._applied(job, touched, now, alerts)
+        stages["compute"] += _lap(t)
+        return touched, alerts, bad
 
     async def _write(
         self,
@@ -472,16 +490,18 @@ class EngineService:
         res, tf, n = job.res, job.tf, len(job.bars)
         assert res is not None
         self.bars_applied += n
-        BARS.labels(tf, "applied").inc(res.applied)
-        if res.corrected:
-            BARS.labels(tf, "corrected").inc(res.corrected)
-        if res.skipped:
-            BARS.labels(tf, "stale").inc(res.skipped)
+        if self.counted:
+            BARS.labels(tf, "applied").inc(res.applied)
+            if res.corrected:
+                BARS.labels(tf, "corrected").inc(res.corrected)
+            if res.skipped:
+                BARS.labels(tf, "stale").inc(res.skipped)
         t = touched.setdefault((job.tp.partition, tf), _Touched(job.book))
         t.rows.update(np.unique(job.rows[res.status != 2]).tolist())
         if job.compiled is None:
             return
-        RULE_EVALS.inc(n * len(job.compiled.rules))
+        if self.counted:
+            RULE_EVALS.inc(n * len(job.compiled.rules))
         at, ks = job.hits
         if at.shape[0]:
             self._candidates(job.part, job.compiled, job.bars, res, at, ks, now, alerts)
@@ -788,7 +808,8 @@ class EngineService:
             for tf, book in part.books.items():
                 if tf in tfs:
                     replayed += part.fit(book, self.rules)
-        WARMUP_BARS.inc(replayed)
+        if self.counted:
+            WARMUP_BARS.inc(replayed)
         return replayed
 
     async def _dlq_once(self, record: Any, exc: Exception) -> None:
@@ -931,6 +952,22 @@ def _render(rule: AlertRule, symbol: str, ts: int, close: float) -> str | None:
     return text[:2_000]
 
 
+async def _warm_up(settings: Settings, ops: OpsServer) -> None:
+    """The kernels compiled or loaded (:mod:`technic_stream.engine.warmup`) before the
+    engine subscribes; readiness says so meanwhile."""
+    from technic_stream.engine.warmup import warm_engine  # (it imports this module)
+
+    async def warming() -> None:
+        raise RuntimeError("compiling the engine's kernels (first start on this machine?)")
+
+    ops.checks["engine"] = warming
+    report = await asyncio.to_thread(warm_engine, settings)
+    WARMUP_SECONDS.set(report.seconds)
+    log.info("engine kernels warm", extra={"seconds": report.seconds, "bars": report.bars,
+                                           "alerts": report.alerts,
+                                           "signatures": report.signatures})  # fmt: skip
+
+
 async def engine_service(
     settings: Settings,
     stop: asyncio.Event,
@@ -942,7 +979,10 @@ async def engine_service(
     redis = redis_client(settings)
     kept = keep_freed_memory(settings.engine_malloc_keep_mb)
     log.info("allocator", extra={"keeps_freed_mb": settings.engine_malloc_keep_mb if kept else 0})
-    await asyncio.to_thread(warm_decoder)
+    if settings.engine_warmup:
+        await _warm_up(settings, ops)
+    else:
+        await asyncio.to_thread(warm_decoder)
     try:
         async with Producer(settings) as producer:
             handler = EngineService(settings, producer, redis, stop=stop)

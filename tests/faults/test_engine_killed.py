@@ -46,9 +46,9 @@ def engine_process(settings: Settings, log_path) -> ServiceChild:
     )  # fmt: skip
 
 
-#: a fresh checkout's first engine batch compiles the engine's kernels (numba then keeps
-#: them on disk for every later start): ~70-90 s on this 2-core VM when it is slow, so
-#: the first progress of the first engine gets that long on top of the usual wait
+#: on a fresh checkout the first engine's start compiles the engine's kernels (its
+#: warm-up; numba then keeps them on disk for every later start): ~60-90 s on this 2-core
+#: VM, so the first progress of the first engine gets that long on top of the usual wait
 FIRST_BATCH_S = 240.0
 
 
