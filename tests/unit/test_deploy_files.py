@@ -88,3 +88,14 @@ def test_dockerfile_runs_the_cli_and_exposes_the_ops_port():
     assert 'ENTRYPOINT ["technic-stream"]' in text
     assert "TECHNIC_OPS_PORT=9400" in text and "EXPOSE 9400" in text
     assert "STOPSIGNAL SIGTERM" in text
+
+
+def test_the_image_bakes_the_engines_kernels_where_its_processes_look_for_them():
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    cache = [line for line in final if "NUMBA_CACHE_DIR=" in line]
+    assert len(cache) == 1 and "/tmp" not in cache[0]  # one place, kept in the image
+    warm = [i for i, line in enumerate(final) if line.startswith("RUN technic-stream warm")]
+    user = next(i for i, line in enumerate(final) if line.startswith("USER "))
+    # baked after the package is installed, owned by the user that runs the processes
+    assert warm and warm[0] < user and 'chown -R technic "$NUMBA_CACHE_DIR"' in final[warm[0]]
