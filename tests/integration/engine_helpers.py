@@ -97,7 +97,9 @@ async def running_engine(settings: Settings) -> AsyncIterator[EngineService]:
     box: list[EngineService] = []
     ops = types.SimpleNamespace(checks={})
     task = asyncio.create_task(engine_service(settings, stop, ops, started=box.append))  # type: ignore[arg-type]
-    await wait_for(lambda: bool(box) and box[0].consumer is not None, "engine start", task)
+    # (its start compiles the kernels where numba's cache is empty: a minute or more)
+    await wait_for(lambda: bool(box) and box[0].consumer is not None, "engine start", task,
+                   within=200)  # fmt: skip
     try:
         yield box[0]
     finally:

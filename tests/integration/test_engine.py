@@ -30,7 +30,7 @@ from tests.integration.engine_helpers import (
 )
 from tests.integration.helpers import read_topic
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)  # (a cold numba cache: the first start compiles)
 
 RULES = [
     rule("cross", "crosses_above(ema(9), sma(20))"),  # once_per_bar_close, every symbol
