@@ -961,6 +961,8 @@ async def _warm_up(settings: Settings, ops: OpsServer) -> None:
         raise RuntimeError("compiling the engine's kernels (first start on this machine?)")
 
     ops.checks["engine"] = warming
+    log.info("engine kernels warming: loaded from numba's cache, or compiled on a machine's "
+             "first start (about a minute; the engine takes its partitions after)")  # fmt: skip
     report = await asyncio.to_thread(warm_engine, settings)
     WARMUP_SECONDS.set(report.seconds)
     log.info("engine kernels warm", extra={"seconds": report.seconds, "bars": report.bars,
