@@ -66,9 +66,9 @@ _PROBE = (
 
 
 def speed_probe() -> int:
-    """Milliseconds the same loop takes: this shared VM runs it in ~280 ms on a quiet
-    day and in up to ~500 ms on a busy one, and every figure of the run moves with it —
-    so the report says how fast the machine was while it ran."""
+    """Milliseconds the same loop takes: the shared VMs these figures come from ran it
+    in 200-750 ms (the machine of the day, and how busy its host was), and every figure
+    of the run moves with it — so the report says how fast the machine was while it ran."""
     done = subprocess.run([PY, "-c", _PROBE], capture_output=True, text=True, timeout=60)
     return int(done.stdout.strip() or 0)
 
@@ -319,7 +319,8 @@ def main() -> int:
     whole = sum(timings.values()) / 60
     part = (f" (the last update ran {len(wanted)} of them, {total / 60:.1f} minutes)"
             if 0 < len(wanted) < len(STEPS) else "")  # fmt: skip
-    speed = (f" Machine speed probe (a fixed Python loop; ~280 ms when this VM is quiet): "
+    speed = (f" Machine speed probe (a fixed Python loop, lower is faster; 200-750 ms seen on "
+             f"the VMs of these figures): "
              f"{probes[0]} ms before, {probes[-1]} ms after." if wanted else "")  # fmt: skip
     head = (f"**Latest `bench/run_all`** — {today}, {machine}; all {len(STEPS)} benchmarks take "
             f"{whole:.1f} minutes{part}.{speed} Reproduce: `make bench` (or `bench/run_all`)."
