@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
+import shutil
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 from secrets import token_hex
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from pymongo import AsyncMongoClient
@@ -284,6 +288,61 @@ def _print_summary(
     lines.append("")
     lines.append(f"  topics   {len(topics)}: {', '.join(topics)}")
     lines.append(f"  services {', '.join(services) if services else '-'}")
+    if demo_key:
+        examples = example_commands(settings, demo_key, "gateway" in services)
+        lines += ["", *(f"  {line}" for line in examples)]
     lines.append("")
     lines.append("Press Ctrl-C to stop.")
     print("\n".join(lines), file=out, flush=True)
+
+
+def _redacted(value: str) -> str:
+    """A URL's password as ``***`` (the terminal is no place for it)."""
+    parts = urlsplit(value) if "://" in value else None
+    return value.replace(parts.password, "***") if parts and parts.password else value
+
+
+def example_commands(settings: Settings, key: str, gateway: bool) -> list[str]:
+    """What to try against the running demo (printed by ``up``; a test runs each)."""
+    lines = []
+    if gateway:
+        gw = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        scan = '{"rule": "rsi(14) < 50 rank by volume desc", "universe": "all", "tf": "1d"}'
+        lines += [
+            "try it (the demo key also works as a header):",
+            f"  curl -s {gw}/v1/indicators/1d/AAPL -H 'X-API-Key: {key}'",
+            f"  curl -s {gw}/v1/scans -H 'X-API-Key: {key}' -H 'Content-Type: application/json' "
+            f"-d '{scan}'",
+        ]
+    env = {
+        "TECHNIC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TECHNIC_REDIS_URL": settings.redis_url,
+        "TECHNIC_MONGO_URL": settings.mongo_url,
+        "TECHNIC_TOPIC_PREFIX": settings.topic_prefix,
+        "TECHNIC_REDIS_PREFIX": settings.redis_prefix,
+        "TECHNIC_MONGO_DB": settings.mongo_db,
+    }
+    defaults = Settings.model_fields
+    exports = " ".join(
+        f"{name}={shlex.quote(_redacted(str(value)))}" for name, value in env.items()
+        if value is not None and value != defaults[name.removeprefix("TECHNIC_").lower()].default
+    )  # fmt: skip
+    cli = _cli_path()
+    lines += [
+        "from another shell, with these servers:",
+        f"  export {exports}",
+        f'  {cli} scan "rsi(14) < 30 rank by volume desc" --mode history --start 2010-01-01',
+        f'  {cli} rules check "crosses_above(ema(12), ema(26)) and adx(14) > 20"',
+    ]
+    return lines
+
+
+def _cli_path() -> str:
+    """How this shell reaches the command: its name where it is on the PATH, else the
+    path of this interpreter's (``.venv/bin/technic-stream`` after ``make demo``)."""
+    exe = Path(sys.executable).parent / "technic-stream"
+    if not exe.exists() or shutil.which("technic-stream") == str(exe):
+        return "technic-stream"
+    with contextlib.suppress(ValueError):
+        return str(exe.relative_to(Path.cwd()))
+    return str(exe)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -129,12 +131,47 @@ async def test_up_starts_the_stack_and_ctrl_c_stops_it_without_orphans():
             async with http.post(dashboard.group(1) + "/v1/auth/token",
                                  json={"api_key": dashboard.group(2)}) as r:  # fmt: skip
                 assert (await r.json())["owner"] == "demo"
+        await _try_the_examples(text)
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert "stopped cleanly" in out.decode()
     assert not [p for p in pids if _alive(p)], "orphan server processes left behind"
+
+
+async def _try_the_examples(text: str) -> None:
+    """Every example command ``up`` printed does what it says: each curl line's request
+    (sent here: a machine need not have curl), each technic-stream line run with the
+    printed exports."""
+    lines = [line.strip() for line in text.splitlines()]
+    curls = [shlex.split(line) for line in lines if line.startswith("curl ")]
+    assert len(curls) == 2, text
+    async with aiohttp.ClientSession() as http:
+        for argv in curls:
+            url = next(a for a in argv if a.startswith("http://"))
+            headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+            data = next((argv[i + 1] for i, a in enumerate(argv) if a == "-d"), None)
+            method = "POST" if data is not None else "GET"
+            async with http.request(method, url, headers=headers, data=data) as r:
+                body = await r.text()
+                # (the indicators may not be computed yet: 404 says so; anything else fails)
+                assert r.status in ((202,) if data is not None else (200, 404)), (url, body)
+    at = next(i for i, line in enumerate(lines) if line.startswith("export "))
+    env = _env(**dict(kv.split("=", 1) for kv in shlex.split(lines[at])[1:]))
+    commands = [shlex.split(line) for line in lines[at + 1 :] if "technic-stream " in line]
+    assert [c[1] for c in commands] == ["scan", "rules"], text
+    for argv in commands:
+        # (the command as printed is there: the venv's, from the directory up ran in)
+        assert shutil.which(argv[0]) or os.access(ROOT / argv[0], os.X_OK), argv[0]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "technic_stream", *argv[1:], env=env, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+        assert proc.returncode == 0, (argv, out.decode()[-2000:], err.decode()[-2000:])
+        if argv[1] == "scan":
+            assert "done:" in out.decode() + err.decode(), out.decode()
 
 
 async def test_up_uses_configured_servers_and_starts_none(local_stack, unique):
