@@ -1,7 +1,7 @@
 """The engine's kernels compiled (or loaded from numba's cache) before it joins its group.
 
 numba compiles a kernel for each set of argument types it meets, the first time it meets
-them. On a fresh machine or container (no cache) that was the engine's first batch: 40 s
+them. On a fresh machine or container (no cache) that was the engine's first batch: 38 s
 here on a quick day, 70-90 s on a slow one, with the GIL held — the consumer owned its
 partitions and processed nothing, heartbeats stalled, and the batch's bars waited. With a
 cache, the first batch still spent a second loading every kernel.
