@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -952,10 +953,13 @@ def _render(rule: AlertRule, symbol: str, ts: int, close: float) -> str | None:
     return text[:2_000]
 
 
-async def _warm_up(settings: Settings, ops: OpsServer) -> None:
+async def _warm_up(settings: Settings, ops: OpsServer, stop: asyncio.Event) -> bool:
     """The kernels compiled or loaded (:mod:`technic_stream.engine.warmup`) before the
-    engine subscribes; readiness says so meanwhile."""
-    from technic_stream.engine.warmup import warm_engine  # (it imports this module)
+    engine subscribes; readiness says so meanwhile. False: ``stop`` came first (the
+    warm-up's thread is a daemon, so a stopping process does not wait for a compile). A
+    warm-up that fails is logged and the engine goes on: its batches compile what they
+    need, as they did before there was a warm-up."""
+    from technic_stream.engine.warmup import WarmReport, warm_engine  # (it imports this module)
 
     async def warming() -> None:
         raise RuntimeError("compiling the engine's kernels (first start on this machine?)")
@@ -963,11 +967,47 @@ async def _warm_up(settings: Settings, ops: OpsServer) -> None:
     ops.checks["engine"] = warming
     log.info("engine kernels warming: loaded from numba's cache, or compiled on a machine's "
              "first start (about a minute; the engine takes its partitions after)")  # fmt: skip
-    report = await asyncio.to_thread(warm_engine, settings)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[WarmReport] = loop.create_future()
+
+    def settle(report: WarmReport | None, exc: BaseException | None) -> None:
+        if done.done():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            assert report is not None
+            done.set_result(report)
+
+    def run() -> None:
+        try:
+            result: tuple[WarmReport | None, BaseException | None] = (warm_engine(settings), None)
+        except BaseException as exc:  # (handed to the loop, which logs it)
+            result = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, *result)
+
+    threading.Thread(target=run, name="engine-warmup", daemon=True).start()
+    stopping = asyncio.ensure_future(stop.wait())
+    waiters: set[asyncio.Future[Any]] = {done, stopping}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not done.done():
+        log.info("engine stopped while its kernels were warming")
+        return False
+    exc = done.exception()
+    if exc is not None:
+        log.error("engine kernel warm-up failed; its first batches compile what they need",
+                  exc_info=exc)  # fmt: skip
+        return True
+    report = done.result()
     WARMUP_SECONDS.set(report.seconds)
     log.info("engine kernels warm", extra={"seconds": report.seconds, "bars": report.bars,
                                            "alerts": report.alerts,
                                            "signatures": report.signatures})  # fmt: skip
+    return True
 
 
 async def engine_service(
@@ -978,13 +1018,14 @@ async def engine_service(
     started: Callable[[EngineService], None] | None = None,
 ) -> None:
     """The engine process: runs until ``stop``. ``started`` sees the handler (tests)."""
+    if settings.engine_warmup:
+        if not await _warm_up(settings, ops, stop):
+            return
+    else:
+        await asyncio.to_thread(warm_decoder)
     redis = redis_client(settings)
     kept = keep_freed_memory(settings.engine_malloc_keep_mb)
     log.info("allocator", extra={"keeps_freed_mb": settings.engine_malloc_keep_mb if kept else 0})
-    if settings.engine_warmup:
-        await _warm_up(settings, ops)
-    else:
-        await asyncio.to_thread(warm_decoder)
     try:
         async with Producer(settings) as producer:
             handler = EngineService(settings, producer, redis, stop=stop)

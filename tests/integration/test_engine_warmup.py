@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
+import types
 
 import orjson
 import pytest
 
 from technic_stream.config import Settings
-from technic_stream.engine import service
+from technic_stream.engine import service, warmup
+from technic_stream.engine.service import engine_service
 from technic_stream.engine.warmup import warm_engine
 from tests.conftest import ROOT
+from tests.integration.engine_helpers import market, running_engine, send_bars, wait_for
 
 
 @pytest.mark.timeout(420)  # a fresh checkout compiles every kernel here: about a minute
@@ -38,3 +43,36 @@ def test_the_warm_up_fires_its_own_rules_and_counts_nothing(settings: Settings) 
     # the process's metrics are the real batches' alone
     assert service.BARS.labels("1m", "applied")._value.get() == bars
     assert service.RULE_EVALS._value.get() == evals
+
+
+async def test_a_failed_warm_up_is_logged_and_the_engine_runs_on(settings, monkeypatch, caplog):
+    def broken(_settings: Settings) -> None:
+        raise RuntimeError("a kernel that does not compile")
+
+    monkeypatch.setattr(warmup, "warm_engine", broken)
+    live = settings.model_copy(update={"engine_warmup": True})
+    series = market(3, 30, seed=3)
+    async with running_engine(live) as engine:
+        n = await send_bars(live, series, 0, 30)
+        await wait_for(lambda: engine.bars_applied >= n, "bars after a failed warm-up")
+    failed = [r for r in caplog.records if "warm-up failed" in r.getMessage()]
+    assert failed and "a kernel that does not compile" in str(failed[0].exc_info[1])
+
+
+async def test_a_stop_during_the_warm_up_ends_the_engine_without_waiting_for_it(
+    settings, monkeypatch
+):
+    release = threading.Event()  # (the slow warm-up's thread is let go at the end)
+    monkeypatch.setattr(warmup, "warm_engine", lambda _s: release.wait(60))
+    stop = asyncio.Event()
+    ops = types.SimpleNamespace(checks={})
+    task = asyncio.create_task(engine_service(settings, stop, ops))  # type: ignore[arg-type]
+    try:
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        with pytest.raises(RuntimeError, match="compiling the engine's kernels"):
+            await ops.checks["engine"]()  # readiness says why it is not ready
+        stop.set()
+        await asyncio.wait_for(task, 5)  # not the warm-up's 60 s
+    finally:
+        release.set()
