@@ -16,9 +16,10 @@ ENV PYTHONUNBUFFERED=1 \
     TECHNIC_OPS_PORT=9400
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 technic
-# the engine's kernels compiled into the image (a minute here): a container's engine then
+# the kernels compiled into the image (a minute or two here): a container's engine then
 # loads them in a fraction of a second instead of compiling them before it can take
-# partitions (numba keys its cache on the sources' path and stamp: the same in the image)
+# partitions, and a scan or a chart needs no compile either (numba keys its cache on the
+# sources' path and stamp: the same in the image)
 RUN technic-stream warm && chown -R technic "$NUMBA_CACHE_DIR"
 USER technic
 EXPOSE 9400

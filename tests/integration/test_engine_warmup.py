@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -76,3 +77,13 @@ async def test_a_stop_during_the_warm_up_ends_the_engine_without_waiting_for_it(
         await asyncio.wait_for(task, 5)  # not the warm-up's 60 s
     finally:
         release.set()
+
+
+@pytest.mark.timeout(420)
+def test_the_warm_command_warms_the_engine_and_the_batch_kernels(tmp_path) -> None:
+    # (numba's own cache, as the suite uses it: a fresh directory would compile it all)
+    done = subprocess.run([sys.executable, "-m", "technic_stream", "warm"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "engine kernels warm in" in done.stdout and "alerts" in done.stdout
+    assert re.search(r"batch kernels of \d+ indicators", done.stdout), done.stdout
