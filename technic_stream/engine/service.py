@@ -997,6 +997,11 @@ async def _warm_up(settings: Settings, ops: OpsServer, stop: asyncio.Event) -> b
     if not done.done():
         log.info("engine stopped while its kernels were warming")
         return False
+
+    async def starting() -> None:
+        raise RuntimeError("reading the alert rules, then joining the group")
+
+    ops.checks["engine"] = starting
     exc = done.exception()
     if exc is not None:
         log.error("engine kernel warm-up failed; its first batches compile what they need",
