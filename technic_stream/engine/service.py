@@ -32,6 +32,7 @@ state in memory (their checkpoint is only compared, not reloaded).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -967,27 +968,16 @@ async def _warm_up(settings: Settings, ops: OpsServer, stop: asyncio.Event) -> b
     ops.checks["engine"] = warming
     log.info("engine kernels warming: loaded from numba's cache, or compiled on a machine's "
              "first start (about a minute; the engine takes its partitions after)")  # fmt: skip
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[WarmReport] = loop.create_future()
-
-    def settle(report: WarmReport | None, exc: BaseException | None) -> None:
-        if done.done():
-            return
-        if exc is not None:
-            done.set_exception(exc)
-        else:
-            assert report is not None
-            done.set_result(report)
+    result: concurrent.futures.Future[WarmReport] = concurrent.futures.Future()
 
     def run() -> None:
         try:
-            result: tuple[WarmReport | None, BaseException | None] = (warm_engine(settings), None)
-        except BaseException as exc:  # (handed to the loop, which logs it)
-            result = (None, exc)
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
-            loop.call_soon_threadsafe(settle, *result)
+            result.set_result(warm_engine(settings))
+        except BaseException as exc:  # (the loop logs it)
+            result.set_exception(exc)
 
     threading.Thread(target=run, name="engine-warmup", daemon=True).start()
+    done = asyncio.wrap_future(result)  # (which drops the answer once the loop is closed)
     stopping = asyncio.ensure_future(stop.wait())
     waiters: set[asyncio.Future[Any]] = {done, stopping}
     try:
